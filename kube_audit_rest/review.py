@@ -69,7 +69,10 @@ def _parse_json(body: bytes) -> Any:
         except UnicodeDecodeError:
             raise InvalidReview("body is not valid UTF-8") from None
         try:
-            return json.loads(text, parse_constant=_reject_constant)
+            # parse_int=float: only strings are read from the document, and the
+            # stdlib's int() refuses integers longer than 4300 digits, which the
+            # RFC grammar allows (orjson calls those infinity).
+            return json.loads(text, parse_constant=_reject_constant, parse_int=float)
         except RecursionError:
             raise InvalidReview("JSON nesting is too deep") from None
         except ValueError:

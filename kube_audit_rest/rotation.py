@@ -11,10 +11,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}")
+# re.ASCII: Go's time.Parse reads only 0-9; without it \d (and strptime) would
+# take other scripts' digits, and pruning could delete a stranger's file.
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}", re.ASCII)
 _STAMP_FORMAT = "%Y-%m-%dT%H-%M-%S"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +50,19 @@ def backup_path(name: LogName, epoch_ms: int) -> str:
 
 
 def free_backup_path(name: LogName, epoch_ms: int) -> str:
-    """A backup path that does not exist yet.
+    """A backup path that does not exist yet and sorts after every existing backup.
 
     Two rotations in one millisecond would give the same name and the rename
     would silently replace the first backup; lumberjack has that flaw. We move
     the stamp on by a millisecond instead, which keeps names sortable by time.
+    The stamp also starts after the newest existing backup: after a burst of
+    rotations has moved names ahead of the clock, a name freed by pruning would
+    otherwise be reused, sort as the oldest, and be pruned at once.
     """
+    backups = list_backups(name)
+    if backups:
+        newest_ms = (backups[0][0] - _EPOCH) // timedelta(milliseconds=1)
+        epoch_ms = max(epoch_ms, newest_ms + 1)
     while True:
         candidate = backup_path(name, epoch_ms)
         if not os.path.lexists(candidate):
