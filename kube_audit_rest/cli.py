@@ -1,0 +1,122 @@
+"""The ``kube-audit-rest`` command: check everything, then start the server.
+
+Every check that can fail (flags, environment, certificate and key, the log
+folder, the metrics port) runs before gunicorn binds the webhook port, and
+fails with one ``kube-audit-rest: error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from kube_audit_rest.config import ConfigError, Settings, explicitly_set, fail, load_settings
+
+SELF_SIGNED_DIR = "kube-audit-rest-tls"
+
+
+def _prepare_self_signed(settings: Settings, argv: Sequence[str]) -> Settings:
+    from dataclasses import replace
+
+    from kube_audit_rest.certs import ensure_self_signed
+
+    cert, key = settings.cert_filename, settings.cert_key_filename
+    if not (explicitly_set("cert_filename", argv) or explicitly_set("cert_key_filename", argv)):
+        cert = os.path.join(SELF_SIGNED_DIR, "tls.crt")
+        key = os.path.join(SELF_SIGNED_DIR, "tls.key")
+    try:
+        ensure_self_signed(cert, key)
+    except OSError as error:
+        fail(f"cannot create a self-signed certificate: {error}")
+    return replace(
+        settings, cert_filename=os.path.abspath(cert), cert_key_filename=os.path.abspath(key)
+    )
+
+
+def _check_certificate(settings: Settings) -> None:
+    from kube_audit_rest.tls import CertificateError, Timeouts, TlsEvents, build_context
+
+    timeouts = Timeouts(settings.handshake_timeout, settings.read_timeout, settings.write_timeout)
+    try:
+        build_context(settings.cert_filename, settings.cert_key_filename, timeouts, TlsEvents())
+    except CertificateError as error:
+        fail(str(error))
+
+
+def _check_log_file(settings: Settings) -> None:
+    if settings.audit_to_std_log:
+        return
+    path = os.path.abspath(settings.logger_filename)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        fail(f"log folder {folder} does not exist (--logger-filename {settings.logger_filename})")
+    if os.path.isdir(path):
+        fail(f"--logger-filename {path} is a directory")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        fail(f"cannot open log file {path}: {error.strerror}")
+    os.close(fd)
+
+
+def _check_ports(settings: Settings) -> None:
+    if settings.server_port == settings.metrics_port:
+        fail(f"--server-port and --metrics-port are both {settings.server_port}")
+
+
+def serve(argv: Sequence[str]) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as error:
+        fail(str(error))
+    if settings.self_signed:
+        settings = _prepare_self_signed(settings, argv)
+    _check_ports(settings)
+    _check_certificate(settings)
+    _check_log_file(settings)
+
+    runtime_dir = tempfile.mkdtemp(prefix="kube-audit-rest-")
+    multiproc_dir = os.path.join(runtime_dir, "metrics")
+    os.mkdir(multiproc_dir, 0o700)
+    # prometheus_client chooses multiprocess mode when first imported.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    try:
+        return _run(settings, runtime_dir)
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _run(settings: Settings, runtime_dir: str) -> int:
+    from kube_audit_rest.log import configure_logging
+    from kube_audit_rest.metrics_server import bind_metrics_socket
+
+    configure_logging(settings.verbosity)
+    try:
+        metrics_socket = bind_metrics_socket(settings.metrics_address, settings.metrics_port)
+    except OSError as error:
+        fail(f"cannot listen on metrics port {settings.metrics_port}: {error.strerror}")
+
+    import structlog
+
+    from kube_audit_rest.server import WebhookServer
+
+    log = structlog.get_logger("kube_audit_rest")
+    if settings.self_signed:
+        log.info(
+            "serving a self-signed certificate for localhost; try: "
+            f"curl --cacert {settings.cert_filename} -H 'Content-Type: application/json' "
+            f'-d \'{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",'
+            f'"request":{{"uid":"try-1"}}}}\' https://localhost:{settings.server_port}/log-request',
+            cert=settings.cert_filename,
+        )
+    WebhookServer(settings, runtime_dir, metrics_socket).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m kube_audit_rest``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return serve(args)

@@ -1,0 +1,126 @@
+"""Prometheus metrics of the webhook, summed exactly across worker processes.
+
+The server runs prometheus_client in multiprocess mode: each worker writes its
+values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and the master's
+``/metrics`` adds them up, so totals are exact whichever worker served a
+request. That variable must be set before ``prometheus_client`` is first
+imported (``kube_audit_rest.cli`` does this), which is why nothing here is
+created at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Latency of a webhook call as the server sees it, from the moment the
+# request reached the application to the moment the response was built.
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The counters a worker updates; create one per process."""
+
+    http_requests: Counter
+    valid_requests: Counter
+    responses: Counter
+    request_duration: Histogram
+    write_failures: Counter
+    written_bytes: Counter
+    rotations: Counter
+    certificate_expiry: Gauge
+    certificate_reload_failures: Counter
+    handshake_failures: Counter
+    connection_timeouts: Counter
+
+    @classmethod
+    def create(cls) -> Metrics:
+        # registry=None: in multiprocess mode values live in files, and the
+        # master's MultiProcessCollector is the only thing that reads them.
+        return cls(
+            http_requests=Counter(
+                "kube_audit_rest_http_requests",
+                "Total number of requests to kube-audit-rest",
+                registry=None,
+            ),
+            valid_requests=Counter(
+                "kube_audit_rest_valid_requests_processed",
+                "Total number of valid requests processed",
+                registry=None,
+            ),
+            responses=Counter(
+                "kube_audit_rest_responses",
+                "Responses to POST /log-request by HTTP status code",
+                ["code"],
+                registry=None,
+            ),
+            request_duration=Histogram(
+                "kube_audit_rest_request_duration_seconds",
+                "Time to validate, record and answer one POST /log-request",
+                buckets=LATENCY_BUCKETS,
+                registry=None,
+            ),
+            write_failures=Counter(
+                "kube_audit_rest_write_failures",
+                "Audit records that could not be written (answered 500)",
+                registry=None,
+            ),
+            written_bytes=Counter(
+                "kube_audit_rest_written_bytes",
+                "Bytes of audit records written, newlines included",
+                registry=None,
+            ),
+            rotations=Counter(
+                "kube_audit_rest_rotations",
+                "Times the audit log file was rotated",
+                registry=None,
+            ),
+            certificate_expiry=Gauge(
+                "kube_audit_rest_certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter) of the serving certificate, as a Unix timestamp",
+                multiprocess_mode="livemostrecent",
+                registry=None,
+            ),
+            certificate_reload_failures=Counter(
+                "kube_audit_rest_certificate_reload_failures",
+                "Changed certificate files that could not be loaded (old pair kept)",
+                registry=None,
+            ),
+            handshake_failures=Counter(
+                "kube_audit_rest_tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                registry=None,
+            ),
+            connection_timeouts=Counter(
+                "kube_audit_rest_connection_timeouts",
+                "Connections closed because the client was too slow, by phase",
+                ["phase"],
+                registry=None,
+            ),
+        )
+
+
+def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:
+    """A registry that sums every worker's values; served by the master."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+    return registry
