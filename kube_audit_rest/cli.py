@@ -83,10 +83,14 @@ def serve(argv: Sequence[str]) -> int:
     os.mkdir(multiproc_dir, 0o700)
     # prometheus_client chooses multiprocess mode when first imported.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    master = os.getpid()
     try:
         return _run(settings, runtime_dir)
     finally:
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        # Workers are forked from here and leave through this frame too
+        # (gunicorn ends them with sys.exit); only the master owns the folder.
+        if os.getpid() == master:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def _run(settings: Settings, runtime_dir: str) -> int:

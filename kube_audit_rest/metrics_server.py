@@ -1,4 +1,4 @@
-"""The plain-HTTP metrics port, served by the gunicorn master.
+"""The plain-HTTP metrics port, served by a small process beside the gunicorn master.
 
 ``/metrics``: every worker's counters summed (multiprocess mode) plus the
 process tree's CPU, memory and descriptors. ``/healthz``: the master is alive.
@@ -9,11 +9,14 @@ for a second so an eager prober cannot turn it into load on the workers.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -49,6 +52,12 @@ def bind_metrics_socket(address: str, port: int) -> socket.socket:
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    parent_pid = 0
+
+    def service_actions(self) -> None:
+        # Orphaned (the master was killed): stop serving stale metrics.
+        if self.parent_pid and os.getppid() != self.parent_pid:
+            raise SystemExit(0)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -98,15 +107,13 @@ class MetricsServer:
         self,
         sock: socket.socket,
         multiproc_dir: str,
-        worker_pids: Callable[[], Iterable[int]],
+        master_pid: int,
         probe_address: tuple[str, int],
     ) -> None:
         self._sock = sock
         self._registry = aggregate_registry(multiproc_dir)
-        self._registry.register(ProcessTreeCollector(worker_pids))
+        self._registry.register(ProcessTreeCollector(master_pid))
         self._probe = ReadinessProbe(probe_address)
-        self._server: _ThreadingServer | None = None
-        self._thread: threading.Thread | None = None
 
     def app(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -133,7 +140,8 @@ class MetricsServer:
         )
         return [body]
 
-    def start(self) -> None:
+    def serve_forever(self, parent_pid: int) -> None:
+        """Serve until the parent (the gunicorn master) is gone or SIGTERM arrives."""
         server = _ThreadingServer(
             self._sock.getsockname()[:2], _QuietHandler, bind_and_activate=False
         )
@@ -142,23 +150,46 @@ class MetricsServer:
         server.server_name, server.server_port = "metrics", self._sock.getsockname()[1]
         server.setup_environ()
         server.set_app(self.app)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.5},
-            name="metrics-server",
-            daemon=True,
-        )
-        self._thread.start()
+        server.parent_pid = parent_pid
+        server.serve_forever(poll_interval=0.5)
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
-    def close_in_child(self) -> None:
-        """A forked worker must not hold the master's metrics socket open."""
-        self._sock.close()
+def start_metrics_process(
+    sock: socket.socket, multiproc_dir: str, probe_address: tuple[str, int]
+) -> int:
+    """Fork the metrics server into its own process; return its pid.
+
+    A separate process, not a thread of the master: gunicorn forks workers
+    from the master, and a fork taken while a thread holds a lock (the import
+    lock, a logging lock) leaves that lock held for ever in the child.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        sock.close()
+        return pid
+    status = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when to stop
+        signal.signal(signal.SIGTERM, _exit_on_term)
+        MetricsServer(sock, multiproc_dir, parent, probe_address).serve_forever(parent)
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 0
+    except BaseException:
+        _log.exception("metrics server failed")
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _exit_on_term(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def stop_metrics_process(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
 
 
 def _plain(

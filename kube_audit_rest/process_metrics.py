@@ -1,18 +1,18 @@
-"""The usual ``process_*`` metrics, for the master and its workers together.
+"""The usual ``process_*`` metrics, for the whole server: master and children.
 
 prometheus_client's own process collector only sees the process it runs in,
-and in multiprocess mode it is not used at all. Here the master reads
-``/proc`` for itself and for each live worker and reports the sums. CPU time
-also counts workers that have exited, through the master's ``cutime``/``cstime``
-(time of reaped children), so the counter never goes backwards when a worker is
-replaced.
+and in multiprocess mode it is not used at all. Here ``/proc`` is read for the
+gunicorn master and each of its live children (the workers and the metrics
+process) and the sums are reported. CPU time also counts children that have
+exited, through the master's ``cutime``/``cstime`` (time of reaped children),
+so the counter never goes backwards when a worker is replaced.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -42,51 +42,67 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
-class ProcessTreeCollector(Collector):
-    """Sums /proc figures over the master (this process) and *worker_pids()*."""
+def _children(pid: int) -> list[int]:
+    """Direct children of *pid*, from the ppid field of every process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(_stat_fields(int(entry))[1]) == pid:
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
-    def __init__(self, worker_pids: Callable[[], Iterable[int]]) -> None:
-        self._worker_pids = worker_pids
+
+class ProcessTreeCollector(Collector):
+    """Sums /proc figures over *master_pid* and its live children."""
+
+    def __init__(self, master_pid: int) -> None:
+        self._master = master_pid
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        master = os.getpid()
+        master = self._master
         # Fields after the command: index 0 is field 3 (state) of proc(5).
         fields = _stat_fields(master)
         cpu_ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
         rss_pages = int(fields[21])
         vsize = int(fields[20])
         start = _boot_time() + int(fields[19]) / _TICKS
-        open_fds = len(os.listdir("/proc/self/fd"))
+        open_fds = len(os.listdir(f"/proc/{master}/fd"))
         workers = 0
-        for pid in list(self._worker_pids()):
+        children = _children(master)
+        for pid in children:
             try:
                 worker = _stat_fields(pid)
                 worker_fds = len(os.listdir(f"/proc/{pid}/fd"))
             except (OSError, ValueError):
                 continue  # exited between listing and reading
-            workers += 1
+            if pid != os.getpid():
+                workers += 1
             cpu_ticks += int(worker[11]) + int(worker[12])
             rss_pages += int(worker[21])
             vsize += int(worker[20])
             open_fds += worker_fds
         yield CounterMetricFamily(
             "process_cpu_seconds",
-            "User and system CPU time of the master and all workers, past and present",
+            "User and system CPU time of the master and all its children, past and present",
             value=cpu_ticks / _TICKS,
         )
         yield GaugeMetricFamily(
             "process_resident_memory_bytes",
-            "Resident memory of the master and its live workers",
+            "Resident memory of the master and its live children",
             value=rss_pages * _PAGE,
         )
         yield GaugeMetricFamily(
             "process_virtual_memory_bytes",
-            "Virtual memory of the master and its live workers",
+            "Virtual memory of the master and its live children",
             value=vsize,
         )
         yield GaugeMetricFamily(
             "process_open_fds",
-            "Open file descriptors of the master and its live workers",
+            "Open file descriptors of the master and its live children",
             value=open_fds,
         )
         yield GaugeMetricFamily(

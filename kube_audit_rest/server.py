@@ -5,8 +5,8 @@ connections in a selector and hands a connection to a thread only when a
 request arrives, so the API server's long-lived connections pay one TLS
 handshake each, and idle ones cost a file descriptor, not a thread.
 
-The master (``Arbiter``) also serves the metrics port and sums the workers'
-metrics; workers own the TLS certificate store and the record sink.
+A separate process serves the metrics port and sums the workers' metrics;
+workers own the TLS certificate store and the record sink.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from kube_audit_rest.app import create_app
 from kube_audit_rest.config import Settings
 from kube_audit_rest.log import GunicornLogger
 from kube_audit_rest.metrics import Metrics
-from kube_audit_rest.metrics_server import MetricsServer
+from kube_audit_rest.metrics_server import start_metrics_process, stop_metrics_process
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
 
@@ -89,7 +89,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self.multiproc_dir = os.path.join(runtime_dir, "metrics")
         self.lock_path = os.path.join(runtime_dir, "write.lock")
         self.metrics_socket = metrics_socket
-        self.metrics_server: MetricsServer | None = None
+        self.metrics_pid = 0
         self.worker_state: _WorkerState | None = None
         super().__init__()
 
@@ -135,7 +135,16 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         return create_app(state.sink, state.metrics, self.settings.max_request_bytes)
 
     def run(self) -> None:
-        GracefulArbiter(self).run()
+        # Fork the metrics process first, while this process has no threads.
+        self.metrics_pid = start_metrics_process(
+            self.metrics_socket,
+            self.multiproc_dir,
+            (_probe_host(self.settings.server_address), self.settings.server_port),
+        )
+        try:
+            GracefulArbiter(self).run()
+        finally:
+            stop_metrics_process(self.metrics_pid)
 
     # --- hooks -----------------------------------------------------------------
 
@@ -145,8 +154,6 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         return state.certificates.context
 
     def _post_fork(self, _arbiter: Any, worker: Any) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.close_in_child()
         self.worker_state = _WorkerState(self.settings, self.lock_path)
         _log.debug("worker ready", pid=worker.pid)
 
@@ -157,14 +164,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     def _child_exit(self, _arbiter: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid, self.multiproc_dir)  # type: ignore[no-untyped-call]
 
-    def _when_ready(self, arbiter: Any) -> None:
-        self.metrics_server = MetricsServer(
-            self.metrics_socket,
-            multiproc_dir=self.multiproc_dir,
-            worker_pids=lambda: list(arbiter.WORKERS),
-            probe_address=(_probe_host(self.settings.server_address), self.settings.server_port),
-        )
-        self.metrics_server.start()
+    def _when_ready(self, _arbiter: Any) -> None:
         _log.info(
             "kube-audit-rest ready",
             webhook=f"https://{self.settings.server_address}:{self.settings.server_port}/log-request",
@@ -174,8 +174,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         )
 
     def _on_exit(self, _arbiter: Any) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        stop_metrics_process(self.metrics_pid)
         _log.info("kube-audit-rest stopped")
 
 

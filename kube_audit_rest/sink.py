@@ -129,8 +129,9 @@ class FileSink:
             raise SinkError(f"cannot write {self._path}: {error.strerror or error}") from error
 
     def close(self) -> None:
-        with self._lock:
-            self._drop_fd()
+        # Called when a worker exits, after its requests are done: no flock is
+        # needed, and taking one could fail if the lock file is already gone.
+        self._drop_fd()
         self._lock.close()
 
     def _write_locked(self, record: bytes) -> WriteResult:
