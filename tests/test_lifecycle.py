@@ -253,3 +253,19 @@ def test_self_signed_quick_start(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "curl --cacert" in server.stderr()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_no_log_level_prints_request_bodies(start: StartServer, verbose: bool) -> None:
+    secret = "c2VjcmV0LXBhc3N3b3Jk"  # what a Secret's data looks like
+    server = start("--workers=1", *(["-v"] if verbose else []))
+    assert server.post(review("ok", data={"password": secret})).status == 200
+    assert server.post(b'{"request": {"uid": 1}, "d": "%s"}' % secret.encode()).status == 400
+    assert server.post(b'{"d": "%s", bad json' % secret.encode()).status == 400
+    server.log_path.rename(server.log_path.with_name("moved.log"))
+    server.log_path.mkdir()
+    assert server.post(review("fail", data={"password": secret})).status == 500
+    assert server.stop() == 0
+    stderr = server.stderr()
+    assert "audit record not written" in stderr
+    assert secret not in stderr
