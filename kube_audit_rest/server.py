@@ -53,7 +53,7 @@ class WebhookWorker(ThreadWorker):  # type: ignore[misc]
 class _WorkerState:
     """What one worker process owns; built in post_fork, closed in worker_exit."""
 
-    def __init__(self, settings: Settings, lock_path: str) -> None:
+    def __init__(self, settings: Settings, runtime_dir: str, lock_path: str) -> None:
         self.metrics = Metrics.create()
         timeouts = Timeouts(
             settings.handshake_timeout, settings.read_timeout, settings.write_timeout
@@ -65,7 +65,7 @@ class _WorkerState:
             reload_failed=self.metrics.certificate_reload_failures.inc,
         )
         self.certificates = CertificateStore(
-            settings.cert_filename, settings.cert_key_filename, timeouts, events
+            settings.cert_filename, settings.cert_key_filename, timeouts, events, runtime_dir
         )
         self.certificates.watch(settings.cert_reload_interval)
         self.sink: Sink
@@ -154,7 +154,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         return state.certificates.context
 
     def _post_fork(self, _arbiter: Any, worker: Any) -> None:
-        self.worker_state = _WorkerState(self.settings, self.lock_path)
+        self.worker_state = _WorkerState(self.settings, self.runtime_dir, self.lock_path)
         _log.debug("worker ready", pid=worker.pid)
 
     def _worker_exit(self, _arbiter: Any, _worker: Any) -> None:

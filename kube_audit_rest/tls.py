@@ -58,6 +58,14 @@ def _signature(*paths: str) -> FileSignature:
     return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
+def _signature_or_empty(*paths: str) -> FileSignature:
+    """The files' signature, or () while one of them cannot be found."""
+    try:
+        return _signature(*paths)
+    except OSError:
+        return ()
+
+
 def _peer(sock: socket.socket) -> str:
     try:
         host, port = sock.getpeername()[:2]
@@ -76,34 +84,62 @@ class DeadlineSSLSocket(ssl.SSLSocket):
 
     context: ServerSSLContext
     _read_deadline: float | None = None
+    _closing = False
 
     def do_handshake(self, block: bool = False) -> None:
         timeouts = self.context.timeouts
+        # Taken first: a client that rejects us often resets at once, and
+        # getpeername() fails on a reset socket.
+        peer = _peer(self)
         self.settimeout(timeouts.handshake)
         try:
             super().do_handshake()
         except TimeoutError:
-            self._handshake_failed("handshake timed out")
+            self._handshake_failed(peer, "handshake timed out")
             self.context.events.timed_out("handshake")
             raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "handshake timed out") from None
+        except ssl.SSLEOFError:
+            # Connected and closed without a complete hello: a TCP probe or a
+            # port scan, not a TLS client that failed.
+            _log.debug("connection closed before the TLS handshake", peer=peer)
+            raise
         except ssl.SSLError as error:
-            self._handshake_failed(error.reason or str(error))
+            self._handshake_failed(peer, error.reason or str(error))
             # EOF makes gunicorn close the socket quietly; the failure has
             # just been logged once, in structured form.
             raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "handshake failed") from None
         except OSError as error:
-            self._handshake_failed(error.strerror or str(error))
+            self._handshake_failed(peer, error.strerror or str(error))
             raise
         self._read_deadline = time.monotonic() + timeouts.read
 
-    def _handshake_failed(self, reason: str) -> None:
+    def _handshake_failed(self, peer: str, reason: str) -> None:
         self.context.events.handshake_failed()
-        _log.warning("TLS handshake failed", peer=_peer(self), reason=reason)
+        _log.warning("TLS handshake failed", peer=peer, reason=reason)
 
     def setblocking(self, flag: bool) -> None:
+        if self.fileno() == -1:
+            # gunicorn closes a socket itself after a TLS EOF and then calls
+            # setblocking on it again; raising EBADF there makes it count the
+            # connection as closed twice, which raises its connection limit.
+            return
         super().setblocking(flag)
-        if flag:
+        if flag and not self._closing:
             self._read_deadline = time.monotonic() + self.context.timeouts.read
+
+    def _drain_without_waiting(self) -> None:
+        # gunicorn's graceful close runs on the worker's event-loop thread and
+        # waits up to 2 s for the client to close; a client that never does
+        # would stall every connection of the worker. Take what is already
+        # there and close at once.
+        super().settimeout(0.0)
+
+    def shutdown(self, how: int) -> None:
+        # gunicorn's graceful close drains the socket with its own short
+        # timeout; the request read budget must not apply (or be counted).
+        self._closing = True
+        self._read_deadline = None
+        super().shutdown(how)
 
     def _remaining_read(self) -> float | None:
         if self._read_deadline is None:
@@ -119,6 +155,9 @@ class DeadlineSSLSocket(ssl.SSLSocket):
         self._read_deadline = None
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        if self._closing:
+            self._drain_without_waiting()
+            return super().recv(buflen, flags)
         try:
             remaining = self._remaining_read()
             if remaining is not None:
@@ -129,6 +168,9 @@ class DeadlineSSLSocket(ssl.SSLSocket):
             return b""  # end of stream: gunicorn drops the connection quietly
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        if self._closing:
+            self._drain_without_waiting()
+            return super().recv_into(buffer, nbytes or 0, flags)
         try:
             remaining = self._remaining_read()
             if remaining is not None:
@@ -159,7 +201,11 @@ class ServerSSLContext(ssl.SSLContext):
 
 
 def build_context(
-    cert_path: str, key_path: str, timeouts: Timeouts, events: TlsEvents
+    cert_path: str,
+    key_path: str,
+    timeouts: Timeouts,
+    events: TlsEvents,
+    names: tuple[str, str] | None = None,
 ) -> ServerSSLContext:
     """Load and check a certificate/key pair; raise CertificateError with a reason."""
     context = ServerSSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -180,7 +226,8 @@ def build_context(
         reason = error.reason or str(error)
         if "KEY_VALUES_MISMATCH" in reason:
             reason = "the key does not match the certificate"
-        raise CertificateError(f"cannot use {cert_path} with {key_path}: {reason}") from None
+        shown_cert, shown_key = names or (cert_path, key_path)
+        raise CertificateError(f"cannot use {shown_cert} with {shown_key}: {reason}") from None
     return context
 
 
@@ -192,55 +239,89 @@ def certificate_expiry(cert_path: str) -> float:
 
 
 class CertificateStore:
-    """The serving context, reloaded when the certificate files change."""
+    """The serving context, reloaded when the certificate files change.
+
+    Every pair that loads is also kept, key and chain in one 0600 file, in
+    *state_dir* (the private runtime folder). A worker that starts while the
+    mounted files are broken (a half-updated Secret) serves that last good
+    pair instead of failing to boot, which would make gunicorn stop the
+    whole server.
+    """
 
     def __init__(
-        self, cert_path: str, key_path: str, timeouts: Timeouts, events: TlsEvents
+        self,
+        cert_path: str,
+        key_path: str,
+        timeouts: Timeouts,
+        events: TlsEvents,
+        state_dir: str,
     ) -> None:
         self._cert_path = cert_path
         self._key_path = key_path
         self._timeouts = timeouts
         self._events = events
+        self._state_dir = state_dir
+        self._last_good = os.path.join(state_dir, "last-good-pair.pem")
         self._lock = threading.Lock()
-        self._signature = _signature(cert_path, key_path)
         self._rejected: FileSignature | None = None
-        self.context = build_context(cert_path, key_path, timeouts, events)
-        events.certificate_loaded(certificate_expiry(cert_path))
+        try:
+            self.context, expiry, self._signature = self._load()
+        except (CertificateError, OSError, ValueError) as error:
+            if not os.path.exists(self._last_good):
+                raise CertificateError(str(error)) from None
+            self._signature = self._rejected = _signature_or_empty(cert_path, key_path)
+            self._report_failure(str(error), "serving the last good pair")
+            self.context = build_context(self._last_good, self._last_good, timeouts, events)
+            expiry = certificate_expiry(self._last_good)
+        events.certificate_loaded(expiry)
+
+    def _load(self) -> tuple[ServerSSLContext, float, FileSignature]:
+        """Load the pair through a private snapshot, so what is checked is what is kept."""
+        signature = _signature(self._cert_path, self._key_path)
+        pems = []
+        for label, path in (("key", self._key_path), ("certificate", self._cert_path)):
+            try:
+                with open(path, "rb") as handle:
+                    pems.append(handle.read())
+            except OSError as error:
+                raise CertificateError(f"cannot read {label} {path}: {error.strerror}") from None
+        snapshot = os.path.join(self._state_dir, f"pair-{os.getpid()}.pem")
+        fd = os.open(snapshot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pems[0] + b"\n" + pems[1])
+        context = build_context(
+            snapshot,
+            snapshot,
+            self._timeouts,
+            self._events,
+            names=(self._cert_path, self._key_path),
+        )
+        expiry = x509.load_pem_x509_certificate(pems[1]).not_valid_after_utc.timestamp()
+        os.replace(snapshot, self._last_good)
+        return context, expiry, signature
+
+    def _report_failure(self, error: str, outcome: str) -> None:
+        self._events.reload_failed()
+        _log.error(
+            f"certificate reload failed; {outcome}",
+            error=error,
+            cert=self._cert_path,
+            key=self._key_path,
+        )
 
     def refresh(self) -> bool:
         """Load the pair again if its files changed; return whether it was replaced."""
         with self._lock:
-            try:
-                signature = _signature(self._cert_path, self._key_path)
-            except OSError as error:
-                signature = None
-                problem = f"cannot stat certificate files: {error.strerror}"
-            if signature is None or signature == self._signature:
-                if signature is None and self._rejected != ():
-                    self._rejected = ()
-                    self._events.reload_failed()
-                    _log.error(
-                        "certificate reload failed; still serving the previous pair", error=problem
-                    )
-                return False
-            if signature == self._rejected:
+            signature = _signature_or_empty(self._cert_path, self._key_path)
+            if signature in (self._signature, self._rejected):
                 return False
             try:
-                context = build_context(
-                    self._cert_path, self._key_path, self._timeouts, self._events
-                )
-                expiry = certificate_expiry(self._cert_path)
+                context, expiry, signature = self._load()
             except (CertificateError, OSError, ValueError) as error:
                 # A half-written update (certificate swapped, key not yet)
                 # lands here too; the next change of either file retries.
                 self._rejected = signature
-                self._events.reload_failed()
-                _log.error(
-                    "certificate reload failed; still serving the previous pair",
-                    error=str(error),
-                    cert=self._cert_path,
-                    key=self._key_path,
-                )
+                self._report_failure(str(error), "still serving the previous pair")
                 return False
             self.context = context
             self._signature = signature
