@@ -132,7 +132,11 @@ def test_a_write_failure_answers_500_and_recovers(start: StartServer) -> None:
     assert metrics["kube_audit_rest_write_failures_total"] == 4
     assert metrics['kube_audit_rest_responses_total{code="500"}'] == 4
     assert metrics["kube_audit_rest_valid_requests_processed_total"] == 1
-    errors = [json.loads(line) for line in server.stderr().splitlines() if "500" in line]
+    errors = [
+        event
+        for event in map(json.loads, server.stderr().splitlines())
+        if event["event"] == "audit record not written; answered 500"
+    ]
     assert errors and errors[0]["level"] == "error" and "Is a directory" in errors[0]["error"]
     server.log_path.rmdir()
     assert server.post(review("after")).status == 200
