@@ -120,7 +120,32 @@ def _run(settings: Settings, runtime_dir: str) -> int:
     return 0
 
 
+# Subcommands, by name: the module whose ``main(argv) -> int`` runs it. Without
+# a subcommand (or with flags first) the command serves the webhook, exactly as
+# the Go original's binary does, so existing Deployment ``args`` keep working.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _usage_with_subcommands() -> str:
+    lines = ["", "subcommands (kube-audit-rest SUBCOMMAND --help for their options):"]
+    for name, (_module, summary) in sorted(SUBCOMMANDS.items()):
+        lines.append(f"  {name:<12} {summary}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m kube_audit_rest``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        import importlib
+
+        module = importlib.import_module(SUBCOMMANDS[args[0]][0])
+        result: int = module.main(args[1:])
+        return result
+    if SUBCOMMANDS and any(arg in ("-h", "--help") for arg in args):
+        from kube_audit_rest.config import build_parser
+
+        build_parser().print_help()
+        sys.stdout.write(_usage_with_subcommands())
+        return 0
     return serve(args)
