@@ -37,11 +37,10 @@ def _prepare_self_signed(settings: Settings, argv: Sequence[str]) -> Settings:
 
 
 def _check_certificate(settings: Settings) -> None:
-    from kube_audit_rest.tls import CertificateError, Timeouts, TlsEvents, build_context
+    from kube_audit_rest.tls import CertificateError, build_context
 
-    timeouts = Timeouts(settings.handshake_timeout, settings.read_timeout, settings.write_timeout)
     try:
-        build_context(settings.cert_filename, settings.cert_key_filename, timeouts, TlsEvents())
+        build_context(settings.cert_filename, settings.cert_key_filename)
     except CertificateError as error:
         fail(str(error))
 

@@ -178,7 +178,14 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Worker processes; default one per CPU available (affinity and cgroup quota).",
     ),
-    Option("threads", ("--threads",), _positive_int, 4, "Request threads per worker."),
+    Option(
+        "threads",
+        ("--threads",),
+        _positive_int,
+        4,
+        "Accepted for compatibility with earlier versions; no effect (each worker is one "
+        "event loop).",
+    ),
     Option(
         "max_connections",
         ("--max-connections",),

@@ -1,9 +1,8 @@
-"""gunicorn, embedded: the master, its threaded workers and their lifecycle hooks.
+"""gunicorn, embedded: the master, its event-loop workers and their lifecycle hooks.
 
-Worker model: gunicorn's ``gthread`` worker. It parks idle kept-alive HTTP/1.1
-connections in a selector and hands a connection to a thread only when a
-request arrives, so the API server's long-lived connections pay one TLS
-handshake each, and idle ones cost a file descriptor, not a thread.
+Worker model: ``aio_worker.AsyncWorker``, one uvloop event loop per process.
+Kept-alive HTTP/1.1 connections cost a file descriptor and a few kilobytes,
+so the API server's long-lived connections pay one TLS handshake each.
 
 A separate process serves the metrics port and sums the workers' metrics;
 workers own the TLS certificate store and the record sink.
@@ -13,24 +12,23 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
-import ssl
 from typing import Any
 
 import structlog
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import multiprocess
 
-from kube_audit_rest.app import create_app
+from kube_audit_rest import balance
+from kube_audit_rest.aio_worker import AsyncWorker, WorkerContext
 from kube_audit_rest.config import Settings
 from kube_audit_rest.log import GunicornLogger
 from kube_audit_rest.metrics import Metrics
 from kube_audit_rest.metrics_server import start_metrics_process, stop_metrics_process
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
+from kube_audit_rest.webhook import Webhook
 
 _log = structlog.get_logger("kube_audit_rest.server")
 
@@ -42,30 +40,22 @@ class GracefulArbiter(Arbiter):  # type: ignore[misc]
         self.handle_term()
 
 
-class WebhookWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, with SIGINT graceful too: Ctrl-C reaches the workers as well."""
-
-    def init_signals(self) -> None:
-        super().init_signals()
-        signal.signal(signal.SIGINT, self.handle_exit)
-
-
 class _WorkerState:
     """What one worker process owns; built in post_fork, closed in worker_exit."""
 
     def __init__(self, settings: Settings, runtime_dir: str, lock_path: str) -> None:
         self.metrics = Metrics.create()
-        timeouts = Timeouts(
+        self.timeouts = Timeouts(
             settings.handshake_timeout, settings.read_timeout, settings.write_timeout
         )
-        events = TlsEvents(
+        self.events = events = TlsEvents(
             handshake_failed=self.metrics.handshake_failures.inc,
             timed_out=lambda phase: self.metrics.connection_timeouts.labels(phase).inc(),
             certificate_loaded=self.metrics.certificate_expiry.set,
             reload_failed=self.metrics.certificate_reload_failures.inc,
         )
         self.certificates = CertificateStore(
-            settings.cert_filename, settings.cert_key_filename, timeouts, events, runtime_dir
+            settings.cert_filename, settings.cert_key_filename, events, runtime_dir
         )
         self.certificates.watch(settings.cert_reload_interval)
         self.sink: Sink
@@ -88,6 +78,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self.runtime_dir = runtime_dir
         self.multiproc_dir = os.path.join(runtime_dir, "metrics")
         self.lock_path = os.path.join(runtime_dir, "write.lock")
+        self.share_path = os.path.join(runtime_dir, "connections")
         self.metrics_socket = metrics_socket
         self.metrics_pid = 0
         self.worker_state: _WorkerState | None = None
@@ -99,19 +90,16 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": [f"{host}:{s.server_port}"],
             "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": WebhookWorker,
-            "worker_connections": s.max_connections,
-            "keepalive": math.ceil(s.idle_timeout),
+            "worker_class": AsyncWorker,
             "graceful_timeout": math.ceil(s.graceful_timeout),
             # The heartbeat timeout only catches a wedged worker; request
-            # deadlines come from the sockets (tls.DeadlineSSLSocket).
+            # deadlines are the connections' own (http_server.Connection).
             "timeout": 30,
             "backlog": 2048,
+            # The worker does the TLS itself; gunicorn only uses these to
+            # say https in its "Listening at" line.
             "certfile": s.cert_filename,
             "keyfile": s.cert_key_filename,
-            "do_handshake_on_connect": False,
-            "ssl_context": self._ssl_context,
             "post_fork": self._post_fork,
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
@@ -132,9 +120,19 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         state = self.worker_state
         assert state is not None, "the app is loaded in a worker, after post_fork"
-        return create_app(state.sink, state.metrics, self.settings.max_request_bytes)
+        settings = self.settings
+        return WorkerContext(
+            webhook=Webhook(state.sink, state.metrics, settings.max_request_bytes),
+            certificates=state.certificates,
+            events=state.events,
+            timeouts=state.timeouts,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections,
+            share_path=self.share_path,
+        )
 
     def run(self) -> None:
+        balance.create_table(self.share_path)
         # Fork the metrics process first, while this process has no threads.
         self.metrics_pid = start_metrics_process(
             self.metrics_socket,
@@ -148,11 +146,6 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
 
     # --- hooks -----------------------------------------------------------------
 
-    def _ssl_context(self, _config: Any, _default_factory: Any) -> ssl.SSLContext:
-        state = self.worker_state
-        assert state is not None
-        return state.certificates.context
-
     def _post_fork(self, _arbiter: Any, worker: Any) -> None:
         self.worker_state = _WorkerState(self.settings, self.runtime_dir, self.lock_path)
         _log.debug("worker ready", pid=worker.pid)
@@ -163,6 +156,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
 
     def _child_exit(self, _arbiter: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid, self.multiproc_dir)  # type: ignore[no-untyped-call]
+        balance.release_slot(self.share_path, worker.pid)
 
     def _when_ready(self, _arbiter: Any) -> None:
         _log.info(

@@ -6,23 +6,19 @@ Kubernetes Secret update, which swaps the ``..data`` symlink rather than
 writing the files, is seen like any other change, without file events. A new
 pair that does not load is logged and counted while the old one keeps serving.
 
-gunicorn's threaded worker reads with blocking sockets and no deadline of its
-own, so one client sending a byte a second could hold a request thread for
-ever. ``DeadlineSSLSocket`` gives the handshake, each request's reading and each
-response's writing a total time budget; a client over budget is logged,
-counted and disconnected.
+The deadlines themselves (handshake, read, write) are enforced by the worker
+(``aio_worker``, ``http_server``); ``Timeouts`` and ``TlsEvents`` carry them and
+the callbacks that count what happened.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from cryptography import x509
@@ -66,154 +62,16 @@ def _signature_or_empty(*paths: str) -> FileSignature:
         return ()
 
 
-def _peer(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"
-
-
-class DeadlineSSLSocket(ssl.SSLSocket):
-    """An SSLSocket whose handshake, request reads and response writes have deadlines.
-
-    gunicorn calls ``setblocking(True)`` when a thread takes a connection to
-    serve a request, and ``setblocking(False)`` when it parks a kept-alive
-    connection, so ``setblocking(True)`` starts the read budget of a request.
-    """
-
-    context: ServerSSLContext
-    _read_deadline: float | None = None
-    _closing = False
-
-    def do_handshake(self, block: bool = False) -> None:
-        timeouts = self.context.timeouts
-        # Taken first: a client that rejects us often resets at once, and
-        # getpeername() fails on a reset socket.
-        peer = _peer(self)
-        self.settimeout(timeouts.handshake)
-        try:
-            super().do_handshake()
-        except TimeoutError:
-            self._handshake_failed(peer, "handshake timed out")
-            self.context.events.timed_out("handshake")
-            raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "handshake timed out") from None
-        except ssl.SSLEOFError:
-            # Connected and closed without a complete hello: a TCP probe or a
-            # port scan, not a TLS client that failed.
-            _log.debug("connection closed before the TLS handshake", peer=peer)
-            raise
-        except ssl.SSLError as error:
-            self._handshake_failed(peer, error.reason or str(error))
-            # EOF makes gunicorn close the socket quietly; the failure has
-            # just been logged once, in structured form.
-            raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "handshake failed") from None
-        except OSError as error:
-            self._handshake_failed(peer, error.strerror or str(error))
-            raise
-        self._read_deadline = time.monotonic() + timeouts.read
-
-    def _handshake_failed(self, peer: str, reason: str) -> None:
-        self.context.events.handshake_failed()
-        _log.warning("TLS handshake failed", peer=peer, reason=reason)
-
-    def setblocking(self, flag: bool) -> None:
-        if self.fileno() == -1:
-            # gunicorn closes a socket itself after a TLS EOF and then calls
-            # setblocking on it again; raising EBADF there makes it count the
-            # connection as closed twice, which raises its connection limit.
-            return
-        super().setblocking(flag)
-        if flag and not self._closing:
-            self._read_deadline = time.monotonic() + self.context.timeouts.read
-
-    def _drain_without_waiting(self) -> None:
-        # gunicorn's graceful close runs on the worker's event-loop thread and
-        # waits up to 2 s for the client to close; a client that never does
-        # would stall every connection of the worker. Take what is already
-        # there and close at once.
-        super().settimeout(0.0)
-
-    def shutdown(self, how: int) -> None:
-        # gunicorn's graceful close drains the socket with its own short
-        # timeout; the request read budget must not apply (or be counted).
-        self._closing = True
-        self._read_deadline = None
-        super().shutdown(how)
-
-    def _remaining_read(self) -> float | None:
-        if self._read_deadline is None:
-            return None
-        remaining = self._read_deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        return remaining
-
-    def _read_timed_out(self) -> None:
-        self.context.events.timed_out("read")
-        _log.info("closed a connection that was too slow to send its request", peer=_peer(self))
-        self._read_deadline = None
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        if self._closing:
-            self._drain_without_waiting()
-            return super().recv(buflen, flags)
-        try:
-            remaining = self._remaining_read()
-            if remaining is not None:
-                self.settimeout(remaining)
-            return super().recv(buflen, flags)
-        except TimeoutError:
-            self._read_timed_out()
-            return b""  # end of stream: gunicorn drops the connection quietly
-
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        if self._closing:
-            self._drain_without_waiting()
-            return super().recv_into(buffer, nbytes or 0, flags)
-        try:
-            remaining = self._remaining_read()
-            if remaining is not None:
-                self.settimeout(remaining)
-            return super().recv_into(buffer, nbytes or 0, flags)
-        except TimeoutError:
-            self._read_timed_out()
-            return 0
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        self.settimeout(self.context.timeouts.write)
-        try:
-            super().sendall(data, flags)
-        except TimeoutError:
-            self.context.events.timed_out("write")
-            _log.info(
-                "closed a connection that was too slow to take its response", peer=_peer(self)
-            )
-            raise BrokenPipeError(32, "write timed out") from None
-
-
-class ServerSSLContext(ssl.SSLContext):
-    """A server context (TLS 1.2+) whose sockets carry deadlines."""
-
-    sslsocket_class = DeadlineSSLSocket
-    timeouts: Timeouts
-    events: TlsEvents
-
-
 def build_context(
     cert_path: str,
     key_path: str,
-    timeouts: Timeouts,
-    events: TlsEvents,
     names: tuple[str, str] | None = None,
-) -> ServerSSLContext:
+) -> ssl.SSLContext:
     """Load and check a certificate/key pair; raise CertificateError with a reason."""
-    context = ServerSSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(["http/1.1"])
-    context.timeouts = timeouts
-    context.events = events
     for label, path in (("certificate", cert_path), ("key", key_path)):
         try:
             with open(path, "rb"):
@@ -252,13 +110,11 @@ class CertificateStore:
         self,
         cert_path: str,
         key_path: str,
-        timeouts: Timeouts,
         events: TlsEvents,
         state_dir: str,
     ) -> None:
         self._cert_path = cert_path
         self._key_path = key_path
-        self._timeouts = timeouts
         self._events = events
         self._state_dir = state_dir
         self._last_good = os.path.join(state_dir, "last-good-pair.pem")
@@ -271,11 +127,11 @@ class CertificateStore:
                 raise CertificateError(str(error)) from None
             self._signature = self._rejected = _signature_or_empty(cert_path, key_path)
             self._report_failure(str(error), "serving the last good pair")
-            self.context = build_context(self._last_good, self._last_good, timeouts, events)
+            self.context = build_context(self._last_good, self._last_good)
             expiry = certificate_expiry(self._last_good)
         events.certificate_loaded(expiry)
 
-    def _load(self) -> tuple[ServerSSLContext, float, FileSignature]:
+    def _load(self) -> tuple[ssl.SSLContext, float, FileSignature]:
         """Load the pair through a private snapshot, so what is checked is what is kept."""
         signature = _signature(self._cert_path, self._key_path)
         pems = []
@@ -289,13 +145,7 @@ class CertificateStore:
         fd = os.open(snapshot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(pems[0] + b"\n" + pems[1])
-        context = build_context(
-            snapshot,
-            snapshot,
-            self._timeouts,
-            self._events,
-            names=(self._cert_path, self._key_path),
-        )
+        context = build_context(snapshot, snapshot, names=(self._cert_path, self._key_path))
         expiry = x509.load_pem_x509_certificate(pems[1]).not_valid_after_utc.timestamp()
         os.replace(snapshot, self._last_good)
         return context, expiry, signature
