@@ -82,17 +82,59 @@ def tree_rss_bytes(root: int) -> int:
     return sum(_rss_bytes(pid) for pid in process_tree(root))
 
 
-class RssSampler:
-    """Peak summed VmRSS of a process tree, sampled every 100 ms in a thread."""
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
 
-    def __init__(self, root: int, interval: float = 0.1) -> None:
-        self.root, self.interval, self.peak = root, interval, 0
+
+def pids_listening_on(port: int, candidates: list[int]) -> set[int]:
+    """The processes among *candidates* that hold a listening socket on *port*."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    found = set()
+    for pid in candidates:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    found.add(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+class RssSampler:
+    """Peak summed VmRSS of a process tree, sampled every 100 ms in a thread.
+
+    ``peak`` is the whole tree; ``peak_without`` leaves out the processes in
+    ``exclude`` (the metrics process), for the issue's "master plus workers".
+    """
+
+    def __init__(self, root: int, interval: float = 0.1, exclude: set[int] | None = None) -> None:
+        self.root, self.interval, self.peak, self.peak_without = root, interval, 0, 0
+        self.exclude = exclude or set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.root))
+            sizes = {pid: _rss_bytes(pid) for pid in process_tree(self.root)}
+            self.peak = max(self.peak, sum(sizes.values()))
+            without = sum(size for pid, size in sizes.items() if pid not in self.exclude)
+            self.peak_without = max(self.peak_without, without)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:

@@ -11,26 +11,57 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kube_audit_rest.config import ConfigError, Settings, explicitly_set, fail, load_settings
 
 SELF_SIGNED_DIR = "kube-audit-rest-tls"
 
 
+def _in_child_process(work: Callable[[], object]) -> str | None:
+    """Run *work* in a forked child and wait; its error message, or None.
+
+    For one-off work that needs a heavy library: the master imports nothing it
+    does not need, since every module it holds is resident in each process it
+    forks later.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        status = 0
+        try:
+            work()
+        except BaseException as error:
+            os.write(write_end, (str(error) or type(error).__name__).encode())
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return message or "the helper process failed"
+    return None
+
+
+def _create_self_signed(cert: str, key: str) -> None:
+    from kube_audit_rest.certs import ensure_self_signed
+
+    ensure_self_signed(cert, key)
+
+
 def _prepare_self_signed(settings: Settings, argv: Sequence[str]) -> Settings:
     from dataclasses import replace
-
-    from kube_audit_rest.certs import ensure_self_signed
 
     cert, key = settings.cert_filename, settings.cert_key_filename
     if not (explicitly_set("cert_filename", argv) or explicitly_set("cert_key_filename", argv)):
         cert = os.path.join(SELF_SIGNED_DIR, "tls.crt")
         key = os.path.join(SELF_SIGNED_DIR, "tls.key")
-    try:
-        ensure_self_signed(cert, key)
-    except OSError as error:
-        fail(f"cannot create a self-signed certificate: {error}")
+    problem = _in_child_process(lambda: _create_self_signed(cert, key))
+    if problem is not None:
+        fail(f"cannot create a self-signed certificate: {problem}")
     return replace(
         settings, cert_filename=os.path.abspath(cert), cert_key_filename=os.path.abspath(key)
     )
@@ -94,7 +125,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def _run(settings: Settings, runtime_dir: str) -> int:
     from kube_audit_rest.log import configure_logging
-    from kube_audit_rest.metrics_server import bind_metrics_socket
+    from kube_audit_rest.metrics_process import bind_metrics_socket
 
     configure_logging(settings.verbosity)
     try:

@@ -13,22 +13,20 @@ from __future__ import annotations
 import math
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from prometheus_client import multiprocess
 
 from kube_audit_rest import balance
-from kube_audit_rest.aio_worker import AsyncWorker, WorkerContext
+from kube_audit_rest.aio_worker import AsyncWorker
 from kube_audit_rest.config import Settings
 from kube_audit_rest.log import GunicornLogger
-from kube_audit_rest.metrics import Metrics
-from kube_audit_rest.metrics_server import start_metrics_process, stop_metrics_process
-from kube_audit_rest.sink import FileSink, Sink, StdoutSink
-from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
-from kube_audit_rest.webhook import Webhook
+from kube_audit_rest.metrics_process import start_metrics_process, stop_metrics_process
+
+if TYPE_CHECKING:
+    from kube_audit_rest.worker_state import WorkerState
 
 _log = structlog.get_logger("kube_audit_rest.server")
 
@@ -38,36 +36,6 @@ class GracefulArbiter(Arbiter):  # type: ignore[misc]
 
     def handle_int(self) -> None:
         self.handle_term()
-
-
-class _WorkerState:
-    """What one worker process owns; built in post_fork, closed in worker_exit."""
-
-    def __init__(self, settings: Settings, runtime_dir: str, lock_path: str) -> None:
-        self.metrics = Metrics.create()
-        self.timeouts = Timeouts(
-            settings.handshake_timeout, settings.read_timeout, settings.write_timeout
-        )
-        self.events = events = TlsEvents(
-            handshake_failed=self.metrics.handshake_failures.inc,
-            timed_out=lambda phase: self.metrics.connection_timeouts.labels(phase).inc(),
-            certificate_loaded=self.metrics.certificate_expiry.set,
-            reload_failed=self.metrics.certificate_reload_failures.inc,
-        )
-        self.certificates = CertificateStore(
-            settings.cert_filename, settings.cert_key_filename, events, runtime_dir
-        )
-        self.certificates.watch(settings.cert_reload_interval)
-        self.sink: Sink
-        if settings.audit_to_std_log:
-            self.sink = StdoutSink(lock_path)
-        else:
-            self.sink = FileSink(
-                settings.logger_filename,
-                settings.max_file_bytes,
-                settings.logger_max_backups,
-                lock_path,
-            )
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]
@@ -81,7 +49,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self.share_path = os.path.join(runtime_dir, "connections")
         self.metrics_socket = metrics_socket
         self.metrics_pid = 0
-        self.worker_state: _WorkerState | None = None
+        self.worker_state: WorkerState | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -120,16 +88,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         state = self.worker_state
         assert state is not None, "the app is loaded in a worker, after post_fork"
-        settings = self.settings
-        return WorkerContext(
-            webhook=Webhook(state.sink, state.metrics, settings.max_request_bytes),
-            certificates=state.certificates,
-            events=state.events,
-            timeouts=state.timeouts,
-            idle_timeout=settings.idle_timeout,
-            max_connections=settings.max_connections,
-            share_path=self.share_path,
-        )
+        return state.worker_context(self.share_path)
 
     def run(self) -> None:
         balance.create_table(self.share_path)
@@ -147,14 +106,21 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     # --- hooks -----------------------------------------------------------------
 
     def _post_fork(self, _arbiter: Any, worker: Any) -> None:
-        self.worker_state = _WorkerState(self.settings, self.runtime_dir, self.lock_path)
-        _log.debug("worker ready", pid=worker.pid)
+        # Imported after the fork: the master never needs the request path.
+        from kube_audit_rest.worker_state import WorkerState
+
+        self.worker_state = WorkerState(self.settings, self.runtime_dir, self.lock_path)
+        # After the certificate pair and the sink are loaded: "Booting worker"
+        # (gunicorn's) comes before, this says the worker can serve.
+        _log.info("worker ready", pid=worker.pid)
 
     def _worker_exit(self, _arbiter: Any, _worker: Any) -> None:
         if self.worker_state is not None:
             self.worker_state.sink.close()
 
     def _child_exit(self, _arbiter: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(worker.pid, self.multiproc_dir)  # type: ignore[no-untyped-call]
         balance.release_slot(self.share_path, worker.pid)
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from cryptography import x509
+
+from kube_audit_rest.cert_dates import CertificateDateError, not_after
 
 _log = structlog.get_logger("kube_audit_rest.tls")
 
@@ -92,8 +93,7 @@ def build_context(
 def certificate_expiry(cert_path: str) -> float:
     """notAfter of the first certificate in the file, as a Unix timestamp."""
     with open(cert_path, "rb") as handle:
-        certificate = x509.load_pem_x509_certificate(handle.read())
-    return certificate.not_valid_after_utc.timestamp()
+        return not_after(handle.read())
 
 
 class CertificateStore:
@@ -146,7 +146,12 @@ class CertificateStore:
         with os.fdopen(fd, "wb") as handle:
             handle.write(pems[0] + b"\n" + pems[1])
         context = build_context(snapshot, snapshot, names=(self._cert_path, self._key_path))
-        expiry = x509.load_pem_x509_certificate(pems[1]).not_valid_after_utc.timestamp()
+        try:
+            expiry = not_after(pems[1])
+        except CertificateDateError as error:
+            raise CertificateError(
+                f"cannot read the expiry of {self._cert_path}: {error}"
+            ) from None
         os.replace(snapshot, self._last_good)
         return context, expiry, signature
 

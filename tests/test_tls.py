@@ -150,8 +150,8 @@ def reloads_to(server: Server, pair: Pair) -> int:
 
 
 def booted_workers(server: Server) -> int:
-    events = log_events(server)
-    return sum(str(event.get("event")).startswith("Booting worker") for event in events)
+    """Workers that have loaded their certificate and sink ("worker ready")."""
+    return len(events_named(server, "worker ready"))
 
 
 def wait_until_served(server: Server, pair: Pair, published: float, workers: int = 2) -> None:
