@@ -16,7 +16,8 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from kube_audit_rest.metrics import Metrics
-from kube_audit_rest.review import InvalidReview, build_response, parse_review, render_record
+from kube_audit_rest.record_pipeline import RecordPipeline, default_pipeline
+from kube_audit_rest.review import InvalidReview, build_response, parse_review
 from kube_audit_rest.sink import Sink, SinkError
 
 _log = structlog.get_logger("kube_audit_rest.app")
@@ -33,9 +34,11 @@ def create_app(
     metrics: Metrics,
     max_request_bytes: int,
     clock: Callable[[], int] = time.time_ns,
+    records: RecordPipeline | None = None,
 ) -> Flask:
     """Build the webhook application around its record sink and metrics."""
     app = Flask("kube_audit_rest")
+    records = records or default_pipeline()
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
 
     def log_request() -> Response:
@@ -61,7 +64,9 @@ def create_app(
             review = parse_review(body)
         except InvalidReview as invalid:
             return _error(400, str(invalid))
-        record = render_record(body, review, received_ns)
+        record = records.process(body, review.document, received_ns)
+        if record is None:  # dropped by the policy or --drop-dry-run (counted there)
+            return Response(build_response(review), status=200, mimetype=JSON)
         try:
             result = sink.write(record)
         except SinkError as failure:

@@ -62,6 +62,31 @@ def _check_log_file(settings: Settings) -> None:
     os.close(fd)
 
 
+def _check_privacy(settings: Settings) -> None:
+    from kube_audit_rest.config_files import ConfigFileError
+    from kube_audit_rest.privacy_config import check_at_startup
+
+    try:
+        check_at_startup(settings)
+    except ConfigFileError as error:
+        fail(str(error))
+
+
+def _log_privacy_warnings(settings: Settings) -> None:
+    import structlog
+
+    from kube_audit_rest import privacy_config
+
+    log = structlog.get_logger("kube_audit_rest.privacy")
+    if settings.no_redact_secrets:
+        log.warning(
+            "Secret redaction is OFF (--no-redact-secrets): Secret data is written in clear "
+            "to the audit log; protect it like the Secrets themselves"
+        )
+    for warning in privacy_config.startup.warnings if privacy_config.startup else ():
+        log.warning(warning)
+
+
 def _check_ports(settings: Settings) -> None:
     if settings.server_port == settings.metrics_port:
         fail(f"--server-port and --metrics-port are both {settings.server_port}")
@@ -77,6 +102,7 @@ def serve(argv: Sequence[str]) -> int:
     _check_ports(settings)
     _check_certificate(settings)
     _check_log_file(settings)
+    _check_privacy(settings)
 
     runtime_dir = tempfile.mkdtemp(prefix="kube-audit-rest-")
     multiproc_dir = os.path.join(runtime_dir, "metrics")
@@ -98,6 +124,7 @@ def _run(settings: Settings, runtime_dir: str) -> int:
     from kube_audit_rest.metrics_server import bind_metrics_socket
 
     configure_logging(settings.verbosity)
+    _log_privacy_warnings(settings)
     try:
         metrics_socket = bind_metrics_socket(settings.metrics_address, settings.metrics_port)
     except OSError as error:

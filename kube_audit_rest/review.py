@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -44,6 +44,8 @@ class Review:
     uid: str
     api_version: str
     has_timestamp_key: bool
+    # The parsed body, for the record pipeline (policy and redaction).
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _reject_constant(name: str) -> Any:
@@ -95,7 +97,12 @@ def parse_review(body: bytes) -> Review:
     api_version = document.get("apiVersion")
     if not isinstance(api_version, str) or not api_version:
         api_version = DEFAULT_API_VERSION
-    return Review(uid=uid, api_version=api_version, has_timestamp_key=TIMESTAMP_KEY in document)
+    return Review(
+        uid=uid,
+        api_version=api_version,
+        has_timestamp_key=TIMESTAMP_KEY in document,
+        document=document,
+    )
 
 
 def compact(body: bytes) -> bytes:
@@ -165,9 +172,14 @@ def _replace_top_level_values(compacted: bytes, key: str, value: bytes) -> bytes
 
 def render_record(body: bytes, review: Review, epoch_ns: int) -> bytes:
     """The audit line for a validated body: compact JSON, timestamp last, newline."""
+    return render_compact(body, review.has_timestamp_key, epoch_ns)
+
+
+def render_compact(body: bytes, has_timestamp_key: bool, epoch_ns: int) -> bytes:
+    """``render_record`` for callers that hold the parsed document rather than a Review."""
     compacted = compact(body)
     stamp = b'"' + format_timestamp(epoch_ns).encode("ascii") + b'"'
-    if review.has_timestamp_key:
+    if has_timestamp_key:
         return _replace_top_level_values(compacted, TIMESTAMP_KEY, stamp) + b"\n"
     separator = b"," if len(compacted) > 2 else b""
     return compacted[:-1] + separator + b'"' + TIMESTAMP_KEY.encode() + b'":' + stamp + b"}\n"

@@ -29,6 +29,7 @@ from kube_audit_rest.config import Settings
 from kube_audit_rest.log import GunicornLogger
 from kube_audit_rest.metrics import Metrics
 from kube_audit_rest.metrics_server import start_metrics_process, stop_metrics_process
+from kube_audit_rest.record_pipeline import worker_pipeline
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
 
@@ -41,6 +42,12 @@ class GracefulArbiter(Arbiter):  # type: ignore[misc]
     def handle_int(self) -> None:
         self.handle_term()
 
+    def handle_hup(self) -> None:
+        """SIGHUP re-reads the privacy files in each worker (gunicorn's default restarts them)."""
+        self.log.info("SIGHUP: reloading the policy and redaction files in every worker")
+        for pid in list(self.WORKERS):
+            self.kill_worker(pid, signal.SIGHUP)
+
 
 class WebhookWorker(ThreadWorker):  # type: ignore[misc]
     """gthread, with SIGINT graceful too: Ctrl-C reaches the workers as well."""
@@ -48,6 +55,7 @@ class WebhookWorker(ThreadWorker):  # type: ignore[misc]
     def init_signals(self) -> None:
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)
+        signal.signal(signal.SIGHUP, lambda *_: self.app.worker_state.records.reload_soon())
 
 
 class _WorkerState:
@@ -68,6 +76,7 @@ class _WorkerState:
             settings.cert_filename, settings.cert_key_filename, timeouts, events, runtime_dir
         )
         self.certificates.watch(settings.cert_reload_interval)
+        self.records = worker_pipeline(settings, self.metrics)
         self.sink: Sink
         if settings.audit_to_std_log:
             self.sink = StdoutSink(lock_path)
@@ -132,7 +141,9 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         state = self.worker_state
         assert state is not None, "the app is loaded in a worker, after post_fork"
-        return create_app(state.sink, state.metrics, self.settings.max_request_bytes)
+        return create_app(
+            state.sink, state.metrics, self.settings.max_request_bytes, records=state.records
+        )
 
     def run(self) -> None:
         # Fork the metrics process first, while this process has no threads.
