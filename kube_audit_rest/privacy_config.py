@@ -10,6 +10,7 @@ logged and counted, and the previous one stays in force.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ class ConfigStore:
 
     def _report(self, error: str, outcome: str) -> None:
         self._reload_failed()
-        _log.error(f"privacy configuration reload failed; {outcome}", error=error)
+        _log.error(f"privacy configuration reload failed; {outcome}", error=error, pid=os.getpid())
 
     def refresh(self, force: bool = False) -> bool:
         """Load the files again if they changed (or if *force*); return whether replaced."""
@@ -130,7 +131,7 @@ class ConfigStore:
             self.current = config
             self._signature = current
             self._rejected = None
-        _log.info("privacy configuration loaded", files=list(self._sources.paths))
+        _log.info("privacy configuration loaded", files=list(self._sources.paths), pid=os.getpid())
         for warning in config.warnings:
             _log.warning(warning)
         return True
