@@ -11,10 +11,10 @@ a resource with custom redaction rules) are always re-encoded, so that a body
 with duplicate keys cannot carry a value past the redactor under a key that a
 later duplicate hides. Re-encoding writes what the strict reader understood:
 duplicate keys collapse to the last one, numbers are written by value (for
-example ``1.50E+3`` as ``1500.0``). Bodies whose numbers or strings a double
-or UTF-8 cannot hold exactly (integers of 20 digits or more, three-digit
-exponents, ``\\uD800``-style surrogate escapes) take a slower exact path that
-keeps number spellings and escapes lone surrogates.
+example ``1.50E+3`` as ``1500.0``). Bodies whose values orjson cannot hold
+exactly (integers beyond 64 bits, which it rounds to a double; numbers beyond
+a double's range and lone ``\\uD800``-style escapes, which it refuses) take a
+slower exact path that keeps number spellings and escapes lone surrogates.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from kube_audit_rest.config import Settings
 from kube_audit_rest.metrics import Metrics
 from kube_audit_rest.policy import Level, attributes
 from kube_audit_rest.privacy_config import ConfigStore, PrivacyConfig, Sources
-from kube_audit_rest.redaction import Encoder
+from kube_audit_rest.redaction import Encoder, Path, Redactor
 from kube_audit_rest.review import TIMESTAMP_KEY, format_timestamp, render_compact
 
-_EXACT_NEEDED = re.compile(rb"[0-9]{20}|[eE][+-]?[0-9]{3}|\\u[dD][89a-fA-F]")
+# An integer beyond 64 bits, which orjson reads as a double.
+_LONG_INTEGER = re.compile(rb"[0-9]{20}")
 
 
 class _Config(Protocol):
@@ -100,26 +101,56 @@ class RecordPipeline:
         if paths is None and not _trims(request, level, omit_managed_fields):
             return render_compact(body, TIMESTAMP_KEY in document, received_ns)
 
-        encode: Encoder = orjson.dumps
-        if _EXACT_NEEDED.search(body):
-            exact = _exact_loads(body)
-            if exact is not None:
-                document, encode = exact, exact_dumps
-                request = document["request"]
-        _trim(request, level, omit_managed_fields)
-        if paths is not None:
-            redacted = sum(
-                config.redactor.redact_object(request.get(key), paths, encode)
-                for key in ("object", "oldObject")
+        redactor = config.redactor
+        if type(document) is dict:  # read by orjson
+            line, redacted = _rewrite(
+                document, level, omit_managed_fields, redactor, paths, received_ns
             )
-            if redacted:
-                events.redacted()
-        document.pop(TIMESTAMP_KEY, None)
-        document[TIMESTAMP_KEY] = format_timestamp(received_ns)
-        try:
-            return encode(document) + b"\n"
-        except orjson.JSONEncodeError:  # orjson stops at 255 levels of nesting
-            return exact_dumps(document) + b"\n"
+            # orjson writes a double of 1e16 or more with "e+"; one it read from
+            # a 20-digit integer lost digits: redo that record the exact way.
+            if b"e+" in line and _LONG_INTEGER.search(body):
+                exact = _exact_loads(body)
+                if exact is not None:
+                    line, redacted = _rewrite(
+                        exact, level, omit_managed_fields, redactor, paths, received_ns
+                    )
+        else:  # orjson refused the body and the stdlib read it (review.StdlibDocument)
+            exact = _exact_loads(body)
+            line, redacted = _rewrite(
+                exact if exact is not None else document,
+                level,
+                omit_managed_fields,
+                redactor,
+                paths,
+                received_ns,
+            )
+        if redacted:
+            events.redacted()
+        return line
+
+
+def _rewrite(
+    document: dict[str, Any],
+    level: Level,
+    omit_managed_fields: bool,
+    redactor: Redactor,
+    paths: tuple[Path, ...] | None,
+    received_ns: int,
+) -> tuple[bytes, int]:
+    """The re-encoded line of a changed record, and how many values were redacted."""
+    encode: Encoder = orjson.dumps if type(document) is dict else exact_dumps
+    request = document["request"]
+    _trim(request, level, omit_managed_fields)
+    redacted = 0
+    if paths is not None:
+        for key in ("object", "oldObject"):
+            redacted += redactor.redact_object(request.get(key), paths, encode)
+    document.pop(TIMESTAMP_KEY, None)
+    document[TIMESTAMP_KEY] = format_timestamp(received_ns)
+    try:
+        return encode(document) + b"\n", redacted
+    except orjson.JSONEncodeError:  # orjson stops at 255 levels of nesting
+        return exact_dumps(document) + b"\n", redacted
 
 
 def default_pipeline() -> RecordPipeline:
@@ -185,6 +216,10 @@ class RawNumber(str):
     __slots__ = ()
 
 
+class ExactDocument(dict[str, Any]):
+    """A document from ``_exact_loads``: encode it with ``exact_dumps``."""
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -200,7 +235,7 @@ def _exact_loads(body: bytes) -> Any:
         )
     except RecursionError:
         return None
-    return document if isinstance(document, dict) else None
+    return ExactDocument(document) if isinstance(document, dict) else None
 
 
 def _string(text: str) -> str:
@@ -224,8 +259,11 @@ def _scalar(value: Any) -> str:
         return "null"
     if isinstance(value, int):
         return int.__repr__(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return float.__repr__(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float.__repr__(value)
+        if not math.isnan(value):  # only a huge literal reads as infinity: write one back
+            return "1e999" if value > 0 else "-1e999"
     raise ValueError(f"cannot encode {type(value).__name__} {value!r} as JSON")
 
 

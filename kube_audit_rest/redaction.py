@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -105,7 +106,14 @@ class Redactor:
     def marker(self, value: Any, encode: Encoder = orjson.dumps) -> str:
         if self.hmac_key is None:
             return PLAIN_MARKER
-        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else encode(value)
+        if isinstance(value, str):
+            data = value.encode("utf-8", "surrogatepass")
+        else:
+            try:
+                data = encode(value)
+            except orjson.JSONEncodeError:  # deeper than orjson's 255 levels
+                text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+                data = text.encode("utf-8", "surrogatepass")
         digest = hmac.new(self.hmac_key, data, hashlib.sha256).hexdigest()
         return f"<redacted hmac-sha256:{digest}>"
 

@@ -48,6 +48,12 @@ class Review:
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+class StdlibDocument(dict[str, Any]):
+    """A document that orjson refused and the stdlib read: its integers are
+    floats, and it may hold infinities or lone surrogates, so whoever
+    re-encodes it must go back to the body (see ``record_pipeline``)."""
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -74,7 +80,8 @@ def _parse_json(body: bytes) -> Any:
             # parse_int=float: only strings are read from the document, and the
             # stdlib's int() refuses integers longer than 4300 digits, which the
             # RFC grammar allows (orjson calls those infinity).
-            return json.loads(text, parse_constant=_reject_constant, parse_int=float)
+            document = json.loads(text, parse_constant=_reject_constant, parse_int=float)
+            return StdlibDocument(document) if isinstance(document, dict) else document
         except RecursionError:
             raise InvalidReview("JSON nesting is too deep") from None
         except ValueError:

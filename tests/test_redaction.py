@@ -419,3 +419,31 @@ def test_policy_applies_before_redaction() -> None:
     assert "object" not in record["request"] and "oldObject" not in record["request"]
     for value in SECRET_VALUES:
         assert value.encode() not in line
+
+
+SECRET_PREFIX = b'{"request":{"uid":"e","resource":{"group":"","resource":"secrets"},"object":{'
+
+
+def test_integer_beyond_64_bits_keeps_its_digits() -> None:
+    """orjson reads it as a double; the pipeline notices and re-encodes the exact way."""
+    body = SECRET_PREFIX + b'"data":{"k":"c2VjcmV0"},"big":-123456789012345678901234567890}}}'
+    line = run(pipeline(), body) or b""
+    assert b'"big":-123456789012345678901234567890' in line
+    assert b"c2VjcmV0" not in line and b'"k":"<redacted>"' in line
+
+
+def test_ordinary_numbers_are_written_by_value() -> None:
+    body = SECRET_PREFIX + b'"data":{"k":"c2VjcmV0"},"f":1.50E+3,"i":9223372036854775807,'
+    body += b'"big":1e20,"h":"sha256:4e000123"}}}'
+    record = run(pipeline(), body) or b""
+    assert b'"f":1500.0,"i":9223372036854775807,"big":1e+20,"h":"sha256:4e000123"' in record
+
+
+def test_nesting_deeper_than_orjson_writes() -> None:
+    deep = b'{"a":' * 300 + b"1" + b"}" * 300
+    body = SECRET_PREFIX + b'"data":{"k":"c2VjcmV0","n":' + deep + b'},"x":' + deep + b"}}}"
+    line = run(pipeline(key=KEY), body) or b""
+    assert b"c2VjcmV0" not in line
+    record = json.loads(line)
+    assert record["request"]["object"]["data"]["n"].startswith("<redacted hmac-sha256:")
+    assert json.dumps(record["request"]["object"]["x"], separators=(",", ":")).encode() == deep
