@@ -1,8 +1,9 @@
 """The ``kube-audit-rest`` command: check everything, then start the server.
 
 Every check that can fail (flags, environment, certificate and key, the log
-folder, the metrics port) runs before gunicorn binds the webhook port, and
-fails with one ``kube-audit-rest: error: ...`` line and exit status 2.
+folder, the policy/redaction/HMAC key files, the metrics port) runs before
+gunicorn binds the webhook port, and fails with one ``kube-audit-rest: error:
+...`` line and exit status 2.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ OPTIONS: tuple[Option, ...] = (
         str,
         None,
         "kube-apiserver audit Policy (audit.k8s.io/v1, YAML or JSON) applied to the records; "
-        "empty: keep everything.",
+        "none: keep everything.",
     ),
     Option(
         "redaction_file",

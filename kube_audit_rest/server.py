@@ -50,7 +50,7 @@ class GracefulArbiter(Arbiter):  # type: ignore[misc]
 
 
 class WebhookWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, with SIGINT graceful too: Ctrl-C reaches the workers as well."""
+    """gthread; SIGINT graceful too (Ctrl-C reaches the workers); SIGHUP re-reads the policy."""
 
     def init_signals(self) -> None:
         super().init_signals()
