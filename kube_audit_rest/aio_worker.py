@@ -18,6 +18,7 @@ watches their heartbeat and relays signals. This worker:
 * runs the handshake with its deadline, picking the certificate store's
   current context for each new connection;
 * sweeps its connections' deadlines a few times a second;
+* on SIGHUP re-reads the policy and redaction files (``record_pipeline``);
 * on SIGTERM/SIGINT stops accepting, closes idle connections, lets busy ones
   finish within the graceful timeout, then exits.
 """
@@ -43,6 +44,9 @@ class AsyncWorker(Worker):  # type: ignore[misc]
         super().init_signals()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
+        # The master forwards SIGHUP (re-read the privacy files); until the
+        # loop handles it, it must not end the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def run(self) -> None:
         # Imported here, in the worker: the master only forks and watches, and

@@ -1,8 +1,9 @@
 """The ``kube-audit-rest`` command: check everything, then start the server.
 
 Every check that can fail (flags, environment, certificate and key, the log
-folder, the metrics port) runs before gunicorn binds the webhook port, and
-fails with one ``kube-audit-rest: error: ...`` line and exit status 2.
+folder, the policy/redaction/HMAC key files, the metrics port) runs before
+gunicorn binds the webhook port, and fails with one ``kube-audit-rest: error:
+...`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ def _check_log_file(settings: Settings) -> None:
     os.close(fd)
 
 
+def _check_privacy(settings: Settings) -> None:
+    from kube_audit_rest.config_files import ConfigFileError
+    from kube_audit_rest.privacy_config import check_at_startup
+
+    try:
+        check_at_startup(settings)
+    except ConfigFileError as error:
+        fail(str(error))
+
+
+def _log_privacy_warnings(settings: Settings) -> None:
+    import structlog
+
+    from kube_audit_rest import privacy_config
+
+    log = structlog.get_logger("kube_audit_rest.privacy")
+    if settings.no_redact_secrets:
+        log.warning(
+            "Secret redaction is OFF (--no-redact-secrets): Secret data is written in clear "
+            "to the audit log; protect it like the Secrets themselves"
+        )
+    for warning in privacy_config.startup.warnings if privacy_config.startup else ():
+        log.warning(warning)
+
+
 def _check_ports(settings: Settings) -> None:
     if settings.server_port == settings.metrics_port:
         fail(f"--server-port and --metrics-port are both {settings.server_port}")
@@ -107,6 +133,7 @@ def serve(argv: Sequence[str]) -> int:
     _check_ports(settings)
     _check_certificate(settings)
     _check_log_file(settings)
+    _check_privacy(settings)
 
     runtime_dir = tempfile.mkdtemp(prefix="kube-audit-rest-")
     multiproc_dir = os.path.join(runtime_dir, "metrics")
@@ -128,6 +155,7 @@ def _run(settings: Settings, runtime_dir: str) -> int:
     from kube_audit_rest.metrics_process import bind_metrics_socket
 
     configure_logging(settings.verbosity)
+    _log_privacy_warnings(settings)
     try:
         metrics_socket = bind_metrics_socket(settings.metrics_address, settings.metrics_port)
     except OSError as error:

@@ -264,6 +264,49 @@ OPTIONS: tuple[Option, ...] = (
         "Try-it mode: serve a self-signed certificate for localhost, created in "
         "./kube-audit-rest-tls/ (or at the cert paths given) if missing.",
     ),
+    Option(
+        "policy_file",
+        ("--policy-file",),
+        str,
+        None,
+        "kube-apiserver audit Policy (audit.k8s.io/v1, YAML or JSON) applied to the records; "
+        "none: keep everything.",
+    ),
+    Option(
+        "redaction_file",
+        ("--redaction-file",),
+        str,
+        None,
+        "YAML list of {group, resource, paths} whose values are redacted, besides Secrets.",
+    ),
+    Option(
+        "redact_hmac_key_file",
+        ("--redact-hmac-key-file",),
+        str,
+        None,
+        "File whose bytes key an HMAC-SHA256 of each redacted value, written in its marker.",
+    ),
+    Option(
+        "no_redact_secrets",
+        ("--no-redact-secrets",),
+        _parse_bool,
+        False,
+        "Write Secret data in clear (Secrets are redacted by default).",
+    ),
+    Option(
+        "drop_dry_run",
+        ("--drop-dry-run",),
+        _parse_bool,
+        False,
+        "Drop the records of dry-run requests.",
+    ),
+    Option(
+        "config_reload_interval",
+        ("--config-reload-interval",),
+        _seconds,
+        10.0,
+        "Seconds between checks of the policy, redaction and HMAC key files for changes.",
+    ),
 )
 
 _OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -295,6 +338,12 @@ class Settings:
     graceful_timeout: float
     cert_reload_interval: float
     self_signed: bool
+    policy_file: str | None
+    redaction_file: str | None
+    redact_hmac_key_file: str | None
+    no_redact_secrets: bool
+    drop_dry_run: bool
+    config_reload_interval: float
 
     @property
     def max_file_bytes(self) -> int:

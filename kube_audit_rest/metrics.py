@@ -51,6 +51,10 @@ class Metrics:
     certificate_reload_failures: Counter
     handshake_failures: Counter
     connection_timeouts: Counter
+    dropped_records: Counter
+    redacted_records: Counter
+    received_bytes: Counter
+    config_reload_failures: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -114,6 +118,27 @@ class Metrics:
                 "kube_audit_rest_connection_timeouts",
                 "Connections closed because the client was too slow, by phase",
                 ["phase"],
+                registry=None,
+            ),
+            dropped_records=Counter(
+                "kube_audit_rest_dropped_records",
+                "Valid reviews answered 200 without a record, by reason and policy rule",
+                ["reason", "rule"],
+                registry=None,
+            ),
+            redacted_records=Counter(
+                "kube_audit_rest_redacted_records",
+                "Records written with at least one value redacted",
+                registry=None,
+            ),
+            received_bytes=Counter(
+                "kube_audit_rest_received_bytes",
+                "Bytes of valid AdmissionReview bodies received, as sent",
+                registry=None,
+            ),
+            config_reload_failures=Counter(
+                "kube_audit_rest_config_reload_failures",
+                "Changed policy, redaction or HMAC key files that could not be loaded",
                 registry=None,
             ),
         )

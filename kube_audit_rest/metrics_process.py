@@ -48,6 +48,7 @@ def start_metrics_process(
     status = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when to stop
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # for the workers, forwarded by the master
         signal.signal(signal.SIGTERM, _exit_on_term)
         # Imported in the child only: prometheus_client's exposition code is not
         # needed by the master or the workers it forks.

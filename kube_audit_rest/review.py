@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,6 +43,14 @@ class Review:
     uid: str
     api_version: str
     has_timestamp_key: bool
+    # The parsed body, for the record pipeline (policy and redaction).
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class StdlibDocument(dict[str, Any]):
+    """A document that orjson refused and the stdlib read: its integers are
+    floats, and it may hold infinities or lone surrogates, so whoever
+    re-encodes it must go back to the body (see ``record_pipeline``)."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -71,7 +79,8 @@ def _parse_json(body: bytes) -> Any:
             # parse_int=float: only strings are read from the document, and the
             # stdlib's int() refuses integers longer than 4300 digits, which the
             # RFC grammar allows (orjson calls those infinity).
-            return json.loads(text, parse_constant=_reject_constant, parse_int=float)
+            document = json.loads(text, parse_constant=_reject_constant, parse_int=float)
+            return StdlibDocument(document) if isinstance(document, dict) else document
         except RecursionError:
             raise InvalidReview("JSON nesting is too deep") from None
         except ValueError:
@@ -94,7 +103,12 @@ def parse_review(body: bytes) -> Review:
     api_version = document.get("apiVersion")
     if not isinstance(api_version, str) or not api_version:
         api_version = DEFAULT_API_VERSION
-    return Review(uid=uid, api_version=api_version, has_timestamp_key=TIMESTAMP_KEY in document)
+    return Review(
+        uid=uid,
+        api_version=api_version,
+        has_timestamp_key=TIMESTAMP_KEY in document,
+        document=document,
+    )
 
 
 def _has_whitespace_outside_strings(body: bytes) -> bool:
@@ -188,9 +202,14 @@ def _replace_top_level_values(compacted: bytes, key: str, value: bytes) -> bytes
 
 def render_record(body: bytes, review: Review, epoch_ns: int) -> bytes:
     """The audit line for a validated body: compact JSON, timestamp last, newline."""
+    return render_compact(body, review.has_timestamp_key, epoch_ns)
+
+
+def render_compact(body: bytes, has_timestamp_key: bool, epoch_ns: int) -> bytes:
+    """``render_record`` for callers that hold the parsed document rather than a Review."""
     compacted = compact(body)
     stamp = b'"' + format_timestamp(epoch_ns).encode("ascii") + b'"'
-    if review.has_timestamp_key:
+    if has_timestamp_key:
         return _replace_top_level_values(compacted, TIMESTAMP_KEY, stamp) + b"\n"
     separator = b"," if len(compacted) > 2 else b""
     return compacted[:-1] + separator + b'"' + TIMESTAMP_KEY.encode() + b'":' + stamp + b"}\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,12 @@ class GracefulArbiter(Arbiter):  # type: ignore[misc]
 
     def handle_int(self) -> None:
         self.handle_term()
+
+    def handle_hup(self) -> None:
+        """SIGHUP re-reads the privacy files in each worker (gunicorn's default restarts them)."""
+        self.log.info("SIGHUP: reloading the policy and redaction files in every worker")
+        for pid in list(self.WORKERS):
+            self.kill_worker(pid, signal.SIGHUP)
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]

@@ -18,7 +18,8 @@ import orjson
 import structlog
 
 from kube_audit_rest.metrics import Metrics
-from kube_audit_rest.review import InvalidReview, build_response, parse_review, render_record
+from kube_audit_rest.record_pipeline import RecordPipeline, default_pipeline
+from kube_audit_rest.review import InvalidReview, build_response, parse_review
 from kube_audit_rest.sink import Sink, SinkError
 
 _log = structlog.get_logger("kube_audit_rest.app")
@@ -64,8 +65,11 @@ class Webhook:
         metrics: Metrics,
         max_request_bytes: int,
         clock: Callable[[], int] = time.time_ns,
+        records: RecordPipeline | None = None,
     ) -> None:
         self.sink = sink
+        # Redaction and the audit policy: what of a valid review is written.
+        self.records = records or default_pipeline()
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self._clock = clock
@@ -115,7 +119,9 @@ class Webhook:
             review = parse_review(body)
         except InvalidReview as invalid:
             return error(400, str(invalid))
-        record = render_record(body, review, received_ns)
+        record = self.records.process(body, review.document, received_ns)
+        if record is None:  # dropped by the policy or --drop-dry-run (counted there)
+            return Answer(200, build_response(review))
         try:
             result = self.sink.write(record)
         except SinkError as failure:

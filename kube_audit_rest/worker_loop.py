@@ -92,6 +92,7 @@ class _Server:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGQUIT, self.quit)
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # log reopening: nothing to reopen
+        loop.add_signal_handler(signal.SIGHUP, self.context.webhook.records.reload_soon)
         loop.set_exception_handler(_exception_handler)
         for listener in self.listeners:
             listener.setblocking(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kube_audit_rest.config import Settings
 from kube_audit_rest.metrics import Metrics
+from kube_audit_rest.record_pipeline import worker_pipeline
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
 from kube_audit_rest.webhook import Webhook
@@ -34,6 +35,7 @@ class WorkerState:
             settings.cert_filename, settings.cert_key_filename, events, runtime_dir
         )
         self.certificates.watch(settings.cert_reload_interval)
+        self.records = worker_pipeline(settings, self.metrics)
         self.sink: Sink
         if settings.audit_to_std_log:
             self.sink = StdoutSink(lock_path)
@@ -49,7 +51,9 @@ class WorkerState:
         """What the worker's event loop serves with."""
         settings = self.settings
         return WorkerContext(
-            webhook=Webhook(self.sink, self.metrics, settings.max_request_bytes),
+            webhook=Webhook(
+                self.sink, self.metrics, settings.max_request_bytes, records=self.records
+            ),
             certificates=self.certificates,
             events=self.events,
             timeouts=self.timeouts,
