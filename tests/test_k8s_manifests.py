@@ -128,10 +128,11 @@ def test_without_certificates_kustomize_says_what_is_missing(tmp_path: Path) -> 
 
 
 def test_generated_key_material_stays_out_of_git() -> None:
-    if shutil.which("git") is None or not (REPO / ".git").exists():
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     result = subprocess.run(
-        ["git", "check-ignore", "k8s/tls/tls.key", "k8s/tls/ca.key"],
+        [git, "check-ignore", "k8s/tls/tls.key", "k8s/tls/ca.key"],
         cwd=REPO,
         capture_output=True,
         text=True,
