@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from kube_audit_rest.config import fail
@@ -33,5 +34,14 @@ def main(argv: list[str]) -> int:
             f"kube-audit-rest: generated a new CA and a certificate for {options.service_host}; "
             "the CA key is not kept (use `kube-audit-rest certs` and --cert-dir to keep it)\n"
         )
-    sys.stdout.write(to_yaml(build_manifests(options, tls.ca_cert, tls.cert, tls.key)))
+    text = to_yaml(build_manifests(options, tls.ca_cert, tls.cert, tls.key))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`render | head`): not worth a traceback, but
+        # not a success either. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        fail("stdout was closed before all manifests were written")
     return 0

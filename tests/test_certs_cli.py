@@ -226,3 +226,18 @@ def test_server_on_certs_output_is_trusted_with_only_the_ca_bundle(
     with pytest.raises(ssl.SSLCertVerificationError):
         _post_over(system_roots, server.port, "kube-audit-rest.kube-audit-rest.svc", "svc-3")
     assert [r["request"]["uid"] for r in server.records()] == ["svc-1"]
+
+
+def test_readme_documents_every_certs_option() -> None:
+    from kube_audit_rest.certs_cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Certificates: `kube-audit-rest certs`", 1)[1].split("\n### ", 1)[0]
+    flags = [
+        flag
+        for action in build_parser()._actions
+        for flag in action.option_strings
+        if flag not in ("-h", "--help")
+    ]
+    missing = [flag for flag in flags if f"| `{flag}" not in section]
+    assert not missing, f"README's certs table lacks {missing}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
+from tests.conftest import StartServer
 from tests.k8s_support import b64decode, by_kind, check_all, load_yaml_stream, render, run_cli
+from tests.support import Pair, review
 
 APPLY_ORDER = [
     "Namespace",
@@ -307,3 +313,91 @@ def test_help_lists_the_manifest_options() -> None:
     for flag in ("--namespace", "--image", "--replicas", "--operations", "--resources"):
         assert flag in result.stdout
     assert load_yaml_stream("---\n") == []
+
+
+def test_rendered_pod_serves_with_its_args_secret_and_ca_bundle(
+    tmp_path: Path, start: StartServer
+) -> None:
+    """Run the server with the Deployment's args and the Secret's files (paths moved
+    under tmp_path, ports from the test): the webhook answers a client that trusts
+    only the caBundle, for the Service name, and the probe paths answer 200."""
+    kinds = by_kind(render())
+    deployment = kinds["Deployment"]
+    container = _container(deployment)
+    tls_dir, log_dir = tmp_path / "etc-tls", tmp_path / "logs"
+    tls_dir.mkdir()
+    log_dir.mkdir()
+    for name, value in kinds["Secret"]["data"].items():
+        (tls_dir / name).write_bytes(b64decode(value))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    args = [
+        arg.replace(mounts["tls"], str(tls_dir)).replace(mounts["logs"], str(log_dir))
+        for arg in container["args"]
+        if not arg.startswith(("--server-port=", "--metrics-port="))  # the test's ports
+    ]
+    bundle = tmp_path / "bundle.pem"
+    webhook = kinds["ValidatingWebhookConfiguration"]["webhooks"][0]
+    bundle.write_bytes(b64decode(webhook["clientConfig"]["caBundle"]))
+    pair = Pair(bundle, tls_dir / "tls.crt", tls_dir / "tls.key", 0.0)
+    server = start(*args, pair=pair, env={"TMPDIR": str(tmp_path)})
+
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        status, _ = server.metrics_text(container[probe]["httpGet"]["path"])
+        assert status == 200, probe
+    context = ssl.create_default_context(cafile=str(bundle))
+    service = webhook["clientConfig"]["service"]
+    hostname = f"{service['name']}.{service['namespace']}.svc"
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.sock = context.wrap_socket(raw, server_hostname=hostname)
+        conn.request(
+            "POST",
+            service["path"],
+            body=review("pod-1"),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = conn.getresponse()
+        assert answer.status == 200, answer.read()
+    finally:
+        conn.close()
+        raw.close()
+    log_file = Path(_args(deployment)["logger-filename"].replace(mounts["logs"], str(log_dir)))
+    assert [json.loads(line)["request"]["uid"] for line in log_file.read_text().splitlines()] == [
+        "pod-1"
+    ]
+
+
+def test_readme_documents_every_render_option() -> None:
+    import argparse
+
+    from kube_audit_rest.manifests import add_render_arguments
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Manifests: `kube-audit-rest render`", 1)[1].split("\n### ", 1)[0]
+    parser = argparse.ArgumentParser()
+    add_render_arguments(parser)
+    flags = [f for action in parser._actions for f in action.option_strings if f != "-h"]
+    flags.remove("--help")
+    missing = [flag for flag in flags if f"| `{flag}" not in section]
+    assert not missing, f"README's render table lacks {missing}"
+
+
+def test_closed_stdout_is_one_error_line_not_a_traceback() -> None:
+    """The reader closes the pipe at once, long before the CLI has started and
+    made its certificate, so the write hits a closed pipe."""
+    import subprocess
+
+    from tests.support import CLI
+
+    with subprocess.Popen(
+        [CLI, "render"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 2
+    assert stderr.splitlines()[-1] == (
+        "kube-audit-rest: error: stdout was closed before all manifests were written"
+    )
+    assert "Traceback" not in stderr
