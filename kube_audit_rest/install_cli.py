@@ -34,11 +34,14 @@ from kube_audit_rest.kube_apply import (
     delete_one,
     describe,
     wait_for_deployment,
+    wait_until_absent,
 )
 from kube_audit_rest.subparser import SubcommandParser
 
 RENEW_DAYS = 30
 DEFAULT_WAIT = 180.0
+# Never deleted by uninstall, whatever --namespace says.
+SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
 Obj = dict[str, Any]
 
@@ -55,7 +58,7 @@ def _positive_seconds(text: str) -> float:
         value = -1.0
     if not 0 < value <= 86400:
         raise argparse.ArgumentTypeError(
-            f"invalid value for --wait-timeout: expected seconds from 0 to 86400, got {text!r}"
+            f"expected a number of seconds above 0 and at most 86400, got {text!r}"
         )
     return value
 
@@ -212,6 +215,32 @@ def install(args: argparse.Namespace, cluster: Cluster) -> None:
     _print(apply_one(cluster, webhook, dry_run), dry_run)
 
 
+def _remove_namespace(cluster: Cluster, obj: Obj, args: argparse.Namespace) -> None:
+    """Delete the namespace only if install made it, and wait until it is gone."""
+    from kube_audit_rest.manifests import APP
+
+    live = cluster.get(obj)
+    name = describe(obj)
+    if live is None:
+        _print(Outcome(obj, "absent"), args.dry_run)
+        return
+    labels = (live.get("metadata") or {}).get("labels") or {}
+    if obj["metadata"]["name"] in SYSTEM_NAMESPACES:
+        print(f"{name} kept: Kubernetes' own namespace", flush=True)
+        return
+    if labels.get("app.kubernetes.io/name") != APP:
+        print(f"{name} kept: it lacks the label app.kubernetes.io/name={APP}", flush=True)
+        return
+    if args.dry_run:
+        _print(Outcome(obj, "deleted"), True)
+        return
+    if cluster.delete(obj):
+        wait_until_absent(cluster, obj, args.wait_timeout, args.poll_interval)
+        _print(Outcome(obj, "deleted"), False)
+    else:
+        _print(Outcome(obj, "absent"), False)
+
+
 def uninstall(args: argparse.Namespace, cluster: Cluster) -> None:
     from kube_audit_rest.manifests import build_manifests, options_from_args, service_monitor
 
@@ -225,7 +254,10 @@ def uninstall(args: argparse.Namespace, cluster: Cluster) -> None:
     if args.keep_namespace:
         ordered = [obj for obj in ordered if obj.get("kind") != "Namespace"]
     for obj in ordered:
-        _print(delete_one(cluster, obj, args.dry_run), args.dry_run)
+        if obj.get("kind") == "Namespace":
+            _remove_namespace(cluster, obj, args)
+        else:
+            _print(delete_one(cluster, obj, args.dry_run), args.dry_run)
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
@@ -244,20 +276,23 @@ def _parser(name: str) -> argparse.ArgumentParser:
     parser = SubcommandParser(prog=f"kube-audit-rest {name}", description=description)
     add_render_arguments(parser)
     _add_cluster_arguments(parser)
+    waited_for = "the Deployment to be ready" if name == "install" else "the namespace to go"
+    parser.add_argument(
+        "--wait-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"how long to wait for {waited_for} (default {DEFAULT_WAIT:g})",
+    )
+    parser.add_argument(
+        "--poll-interval", type=_positive_seconds, default=1.0, help=argparse.SUPPRESS
+    )
     if name == "install":
-        parser.add_argument(
-            "--wait-timeout",
-            type=_positive_seconds,
-            default=DEFAULT_WAIT,
-            metavar="SECONDS",
-            help=f"how long to wait for the Deployment to be ready (default {DEFAULT_WAIT:g})",
-        )
         parser.add_argument(
             "--rotate-certs",
             action="store_true",
             help="issue a new CA and certificate even if the Secret's are still good",
         )
-        parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     else:
         parser.add_argument(
             "--keep-namespace", action="store_true", help="leave the namespace in place"

@@ -359,3 +359,20 @@ def wait_for_deployment(
         if remaining <= 0:
             raise KubeError(f"{describe(obj)} was not ready within {timeout:g}s ({progress})")
         sleep(min(interval, remaining))
+
+
+def wait_until_absent(
+    cluster: Cluster,
+    obj: Mapping[str, Any],
+    timeout: float,
+    interval: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll until *obj* is gone (a Namespace stays ``Terminating`` while it empties)."""
+    deadline = clock() + timeout
+    while cluster.get(obj) is not None:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise KubeError(f"{describe(obj)} was still being deleted after {timeout:g}s")
+        sleep(min(interval, remaining))

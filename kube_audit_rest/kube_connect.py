@@ -14,7 +14,8 @@ from typing import Any
 
 from kube_audit_rest.kube_apply import KubeError
 
-IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
+# Where the kubelet mounts a pod's service account (token and the API server's CA).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def kubeconfig_source(flag: str | None, environ: Mapping[str, str], home: str) -> str | None:
@@ -42,6 +43,7 @@ def connect(kubeconfig: str | None, context: str | None) -> Any:
     from kubernetes.config.config_exception import ConfigException
 
     source = kubeconfig_source(kubeconfig, os.environ, os.path.expanduser("~"))
+    what = f"kubeconfig {source}"
     configuration = client.Configuration()
     try:
         if source is not None:
@@ -52,20 +54,29 @@ def connect(kubeconfig: str | None, context: str | None) -> Any:
                 client_configuration=configuration,
                 persist_config=False,
             )
-        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.isfile(IN_CLUSTER_TOKEN):
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.isfile(
+            os.path.join(SERVICE_ACCOUNT_DIR, "token")
+        ):
             if context:
                 raise KubeError("--context needs a kubeconfig; none was found")
-            load_incluster_config: Any = config.load_incluster_config
-            load_incluster_config(client_configuration=configuration)
+            from kubernetes.config import incluster_config
+
+            what = f"in-cluster config ({SERVICE_ACCOUNT_DIR})"
+            loader_class: Any = incluster_config.InClusterConfigLoader
+            loader = loader_class(
+                token_filename=os.path.join(SERVICE_ACCOUNT_DIR, "token"),
+                cert_filename=os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt"),
+            )
+            loader.load_and_set(configuration)
         else:
             where = "$KUBECONFIG" if os.environ.get("KUBECONFIG") else "~/.kube/config"
             raise KubeError(f"no kubeconfig found (--kubeconfig, {where}) and not running in a pod")
     except ConfigException as error:
-        raise KubeError(f"bad kubeconfig {source}: {' '.join(str(error).split())}") from None
+        raise KubeError(f"bad {what}: {' '.join(str(error).split())}") from None
     except (yaml.YAMLError, OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         # A file that is YAML but not a kubeconfig can surface as any of the last four.
         detail = " ".join(str(error).split()) or type(error).__name__
-        raise KubeError(f"bad kubeconfig {source}: {detail}") from None
+        raise KubeError(f"bad {what}: {detail}") from None
     # A failed connection is reported once, not after urllib3's three silent retries.
     configuration.retries = 1
     return client.ApiClient(configuration)

@@ -38,6 +38,7 @@ import yaml
 from tests.support import Pair
 
 Obj = dict[str, Any]
+Key = tuple[str, str, str, str]  # (group, namespace, plural, name)
 
 # (group, version, plural) -> (kind, namespaced)
 KINDS: dict[tuple[str, str, str], tuple[str, bool]] = {
@@ -138,13 +139,16 @@ class KubeStub:
 
     token: str = "test-token"
     ready_after: float | None = 0.3
+    # Seconds a deleted Namespace stays Terminating (0: gone at once).
+    namespace_terminating_for: float = 0.0
     # (verb, plural) -> (code, reason); verbs are get/create/update/patch/delete.
     faults: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
-    objects: dict[tuple[str, str, str, str], Obj] = field(default_factory=dict)
+    objects: dict[Key, Obj] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     _version: int = 100
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    _pending_ready: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    _pending_ready: dict[Key, float] = field(default_factory=dict)
+    _pending_gone: dict[Key, float] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -248,7 +252,9 @@ class KubeStub:
         query = parse_qs(parts.query)
         with self._lock:
             try:
-                if auth != f"Bearer {self.token}":
+                scheme, _, credentials = auth.partition(" ")
+                # The scheme is case-insensitive (RFC 7235); the in-cluster loader sends "bearer".
+                if scheme.lower() != "bearer" or credentials != self.token:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 self._run_controller()
                 code, answer = self._dispatch(method, parts.path, query, content_type, body)
@@ -327,11 +333,18 @@ class KubeStub:
         if method == "DELETE":
             if live is None:
                 raise self._not_found(route)
-            if not dry_run:
-                del self.objects[key]
-                if route.kind == "Namespace":
-                    for other in [k for k in self.objects if k[1] == route.name]:
-                        del self.objects[other]
+            if dry_run:
+                return 200, copy.deepcopy(live)
+            if route.kind == "Namespace" and self.namespace_terminating_for > 0:
+                live["metadata"].setdefault(
+                    "deletionTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                )
+                live["status"] = {"phase": "Terminating"}
+                self._pending_gone.setdefault(
+                    key, time.monotonic() + self.namespace_terminating_for
+                )
+                return 200, copy.deepcopy(live)
+            self._remove(key)
             return 200, status_body(200, "", "deleted") | {"status": "Success"}
         if method == "PUT":
             if live is None:
@@ -378,7 +391,7 @@ class KubeStub:
             raise ApiError(400, "BadRequest", "body is not an object")
         return obj
 
-    def _key(self, route: Route, name: str) -> tuple[str, str, str, str]:
+    def _key(self, route: Route, name: str) -> Key:
         return (route.group, route.namespace or "", route.plural, name)
 
     def _not_found(self, route: Route) -> ApiError:
@@ -412,8 +425,17 @@ class KubeStub:
         key = self._key(route, name)
         if check_exists and key in self.objects:
             raise ApiError(409, "AlreadyExists", f'{route.plural} "{name}" already exists')
-        if route.namespaced and ("", "", "namespaces", route.namespace or "") not in self.objects:
-            raise ApiError(404, "NotFound", f'namespaces "{route.namespace}" not found')
+        if route.namespaced:
+            namespace = self.objects.get(("", "", "namespaces", route.namespace or ""))
+            if namespace is None:
+                raise ApiError(404, "NotFound", f'namespaces "{route.namespace}" not found')
+            if "deletionTimestamp" in namespace["metadata"]:
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'{route.plural} "{name}" is forbidden: unable to create new content in '
+                    f"namespace {route.namespace} because it is being terminated",
+                )
         obj = copy.deepcopy(obj)
         metadata = obj.setdefault("metadata", {})
         metadata.update(
@@ -432,9 +454,7 @@ class KubeStub:
         self._changed(key, obj)
         return 201, copy.deepcopy(obj)
 
-    def _store(
-        self, route: Route, key: tuple[str, str, str, str], obj: Obj, live: Obj, dry_run: bool
-    ) -> Obj:
+    def _store(self, route: Route, key: Key, obj: Obj, live: Obj, dry_run: bool) -> Obj:
         self._check_identity(route, obj, route.name)
         obj = copy.deepcopy(obj)
         for kept in ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace"):
@@ -496,7 +516,7 @@ class KubeStub:
                 hook.setdefault("objectSelector", {})
 
     # ---- the "deployment controller" -------------------------------------
-    def _changed(self, key: tuple[str, str, str, str], obj: Obj) -> None:
+    def _changed(self, key: Key, obj: Obj) -> None:
         if obj["kind"] != "Deployment":
             return
         status = obj.get("status") or {}
@@ -505,8 +525,19 @@ class KubeStub:
         if self.ready_after is not None:
             self._pending_ready[key] = time.monotonic() + self.ready_after
 
+    def _remove(self, key: Key) -> None:
+        obj = self.objects.pop(key)
+        if obj["kind"] == "Namespace":
+            for other in [k for k in self.objects if k[1] == obj["metadata"]["name"]]:
+                del self.objects[other]
+
     def _run_controller(self) -> None:
         now = time.monotonic()
+        for key, when in list(self._pending_gone.items()):
+            if when <= now:
+                del self._pending_gone[key]
+                if key in self.objects:
+                    self._remove(key)
         for key, when in list(self._pending_ready.items()):
             if when > now:
                 continue

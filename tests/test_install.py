@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,7 @@ def run(
     argv = [CLI, *args]
     if kubeconfig:
         argv.append(f"--kubeconfig={tmp_path / 'kubeconfig'}")
-    if args and args[0] == "install":
+    if args and args[0] in ("install", "uninstall"):
         argv.append("--poll-interval=0.1")
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=90, env=env or _env(tmp_path), check=False
@@ -269,6 +270,76 @@ def test_uninstall_dry_run_and_keep_namespace(tmp_path: Path, stub: KubeStub) ->
     kept = run(tmp_path, "uninstall", "--keep-namespace")
     assert kept.returncode == 0, kept.stderr
     assert stub.kinds_in_store() == {"Namespace"}
+
+
+def test_uninstall_waits_for_the_namespace_so_install_can_follow(
+    tmp_path: Path, stub: KubeStub
+) -> None:
+    stub.namespace_terminating_for = 1.0
+    assert run(tmp_path, "install").returncode == 0
+    before = len(stub.calls)
+    result = run(tmp_path, "uninstall")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"namespace/{NS} deleted"
+    namespace_gets = [
+        c.status for c in stub.calls[before:] if c.method == "GET" and c.path.endswith(f"/{NS}")
+    ]
+    assert namespace_gets[-1] == 404 and namespace_gets.count(200) >= 2  # it polled
+    again = run(tmp_path, "install")
+    assert again.returncode == 0, again.stderr
+
+
+def test_uninstall_does_not_delete_a_namespace_install_did_not_make(
+    tmp_path: Path, stub: KubeStub
+) -> None:
+    for name, labels in (("shared", {"team": "a"}), ("default", {"app.kubernetes.io/name": NS})):
+        stub.objects[("", "", "namespaces", name)] = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels, "resourceVersion": "1"},
+        }
+    shared = run(tmp_path, "uninstall", "--namespace=shared")
+    assert shared.returncode == 0, shared.stderr
+    assert "namespace/shared kept: it lacks the label app.kubernetes.io/name=kube-audit-rest" in (
+        shared.stdout
+    )
+    system = run(tmp_path, "uninstall", "--namespace=default")
+    assert system.returncode == 0, system.stderr
+    assert "namespace/default kept: Kubernetes' own namespace" in system.stdout
+    assert not [
+        c
+        for c in stub.calls
+        if c.method == "DELETE" and "/namespaces/" in c.path and c.path.count("/") == 4
+    ]
+    assert stub.kinds_in_store() == {"Namespace"}
+
+
+def test_in_cluster_config_is_used_inside_a_pod(
+    tmp_path: Path, stub: KubeStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: the service account folder is a temporary one (its real path is
+    the kubelet's to create); the connection to the stub is real."""
+    from kube_audit_rest import kube_connect
+    from kube_audit_rest.kube_apply import Cluster, apply_one
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(stub.token)
+    shutil.copy(tmp_path / "api-certs" / "ca.crt", account / "ca.crt")
+    monkeypatch.setattr(kube_connect, "SERVICE_ACCOUNT_DIR", str(account))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", stub.url.rsplit(":", 1)[1])
+    api = kube_connect.connect(None, None)
+    try:
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}
+        assert apply_one(Cluster(api), namespace).action == "created"
+    finally:
+        api.close()
+    assert stub.find("Namespace", "x") is not None
+    with pytest.raises(KubeError, match="--context needs a kubeconfig"):
+        kube_connect.connect(None, "other")
 
 
 # ---- waiting -----------------------------------------------------------------
