@@ -202,6 +202,9 @@ def install(args: argparse.Namespace, cluster: Cluster) -> None:
         # Trust the new CA (and still the old one) before any pod serves the new certificate.
         _print(apply_one(cluster, webhook, dry_run), dry_run, "caBundle now trusts the new CA")
     for obj in rest:
+        if obj.get("kind") == "Namespace" and (reason := _foreign_namespace(cluster, obj)):
+            print(f"{describe(obj)} kept: {reason}; its labels are left alone", flush=True)
+            continue
         outcome = apply_one(cluster, obj, dry_run)
         _print(outcome, dry_run, certs.note if obj.get("kind") == "Secret" else "")
     for obj in rest:
@@ -215,21 +218,29 @@ def install(args: argparse.Namespace, cluster: Cluster) -> None:
     _print(apply_one(cluster, webhook, dry_run), dry_run)
 
 
-def _remove_namespace(cluster: Cluster, obj: Obj, args: argparse.Namespace) -> None:
-    """Delete the namespace only if install made it, and wait until it is gone."""
+def _foreign_namespace(cluster: Cluster, obj: Obj) -> str:
+    """Why an existing namespace is not ours to change or delete ('' if it is ours)."""
     from kube_audit_rest.manifests import APP
 
+    if obj["metadata"]["name"] in SYSTEM_NAMESPACES:
+        return "Kubernetes' own namespace"
     live = cluster.get(obj)
-    name = describe(obj)
     if live is None:
+        return ""
+    labels = (live.get("metadata") or {}).get("labels") or {}
+    if labels.get("app.kubernetes.io/name") != APP:
+        return f"it lacks the label app.kubernetes.io/name={APP}"
+    return ""
+
+
+def _remove_namespace(cluster: Cluster, obj: Obj, args: argparse.Namespace) -> None:
+    """Delete the namespace only if install made it, and wait until it is gone."""
+    if cluster.get(obj) is None:
         _print(Outcome(obj, "absent"), args.dry_run)
         return
-    labels = (live.get("metadata") or {}).get("labels") or {}
-    if obj["metadata"]["name"] in SYSTEM_NAMESPACES:
-        print(f"{name} kept: Kubernetes' own namespace", flush=True)
-        return
-    if labels.get("app.kubernetes.io/name") != APP:
-        print(f"{name} kept: it lacks the label app.kubernetes.io/name={APP}", flush=True)
+    reason = _foreign_namespace(cluster, obj)
+    if reason:
+        print(f"{describe(obj)} kept: {reason}", flush=True)
         return
     if args.dry_run:
         _print(Outcome(obj, "deleted"), True)

@@ -303,6 +303,15 @@ def test_uninstall_does_not_delete_a_namespace_install_did_not_make(
     assert "namespace/shared kept: it lacks the label app.kubernetes.io/name=kube-audit-rest" in (
         shared.stdout
     )
+    # install leaves such a namespace's labels alone (no Pod Security label forced on it).
+    installed = run(tmp_path, "install", "--namespace=shared")
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.splitlines()[0] == (
+        "namespace/shared kept: it lacks the label app.kubernetes.io/name=kube-audit-rest; "
+        "its labels are left alone"
+    )
+    assert stub.find("Namespace", "shared")["metadata"]["labels"] == {"team": "a"}  # type: ignore[index]
+    assert run(tmp_path, "uninstall", "--namespace=shared").returncode == 0
     system = run(tmp_path, "uninstall", "--namespace=default")
     assert system.returncode == 0, system.stderr
     assert "namespace/default kept: Kubernetes' own namespace" in system.stdout
