@@ -122,60 +122,69 @@ def _still_valid_cas(bundle: bytes, now: datetime.datetime) -> list[bytes]:
     ]
 
 
+def _bundle_with_old_ca(new_ca: bytes, old_bundle: bytes, now: datetime.datetime) -> bytes:
+    """The new CA, then the newest still-valid CA of the old bundle (if another one)."""
+    for old in _still_valid_cas(old_bundle, now)[:1]:
+        if old.strip() != new_ca.strip():
+            return new_ca.rstrip(b"\n") + b"\n" + old
+    return new_ca
+
+
+def _usable(pems: dict[str, bytes], host: str, now: datetime.datetime) -> str:
+    """Why the Secret's pair cannot be kept ('' when it can)."""
+    from kube_audit_rest.certs import check_serving_pair
+
+    if len(pems) < 3:
+        return "the Secret lacks ca.crt, tls.crt or tls.key"
+    try:
+        check_serving_pair(pems["ca.crt"], pems["tls.crt"], pems["tls.key"], host)
+        expires = _not_after(pems["tls.crt"])
+    except ValueError as error:
+        return f"the Secret's pair is unusable: {error}"
+    if expires - now <= datetime.timedelta(days=RENEW_DAYS):
+        return f"the Secret's expire on {expires:%Y-%m-%d}, within {RENEW_DAYS} days"
+    return ""
+
+
 def choose_certificates(
     options: Any, live_secret: Obj | None, rotate: bool, now: datetime.datetime | None = None
 ) -> Certificates:
-    """Reuse the Secret's pair when it is still good; otherwise issue a new one."""
-    from kube_audit_rest.certs import check_serving_pair
+    """Reuse the Secret's pair when it is still good; otherwise issue (or read) a new one.
+
+    A new pair replacing an existing one is a rotation: the bundle keeps the old
+    CA after the new one, so the old certificate stays trusted until pods serve
+    the new one.
+    """
     from kube_audit_rest.manifests import tls_material
 
     now = now or datetime.datetime.now(datetime.UTC)
+    pems = _secret_pems(live_secret)
     if options.cert_dir is not None:
         try:
             material = tls_material(options)
         except ValueError as error:
             _die(str(error), 2)
-        return Certificates(
-            material.ca_cert,
-            material.cert,
-            material.key,
-            f"certificates from {options.cert_dir}",
-            False,
-        )
-    pems = _secret_pems(live_secret)
-    reason = "new CA and certificate"
-    if live_secret is not None:
-        if len(pems) < 3:
-            reason = "new certificates: the Secret lacks ca.crt, tls.crt or tls.key"
-        elif rotate:
-            reason = "new certificates (--rotate-certs)"
-        else:
-            try:
-                check_serving_pair(
-                    pems["ca.crt"], pems["tls.crt"], pems["tls.key"], options.service_host
-                )
-                expires = _not_after(pems["tls.crt"])
-            except ValueError as error:
-                reason = f"new certificates: the Secret's pair is unusable: {error}"
-            else:
-                if expires - now > datetime.timedelta(days=RENEW_DAYS):
-                    return Certificates(
-                        pems["ca.crt"],
-                        pems["tls.crt"],
-                        pems["tls.key"],
-                        f"certificates reused (valid until {expires:%Y-%m-%d})",
-                        False,
-                    )
-                reason = (
-                    f"new certificates: the Secret's expire on {expires:%Y-%m-%d}, "
-                    f"within {RENEW_DAYS} days"
-                )
+        note = f"certificates from {options.cert_dir}"
+        if (pems.get("tls.crt"), pems.get("tls.key")) == (material.cert, material.key):
+            # Already installed: keep the Secret's bundle if it still vouches for the pair.
+            keep = "ca.crt" in pems and not _usable(pems, options.service_host, now)
+            bundle = pems["ca.crt"] if keep else material.ca_cert
+            return Certificates(bundle, material.cert, material.key, note, False)
+        bundle = _bundle_with_old_ca(material.ca_cert, pems.get("ca.crt", b""), now)
+        return Certificates(bundle, material.cert, material.key, note, live_secret is not None)
+    if live_secret is None:
+        reason = "new CA and certificate"
+    elif rotate:
+        reason = "new certificates (--rotate-certs)"
+    else:
+        why = _usable(pems, options.service_host, now)
+        if not why:
+            expires = _not_after(pems["tls.crt"])
+            note = f"certificates reused (valid until {expires:%Y-%m-%d})"
+            return Certificates(pems["ca.crt"], pems["tls.crt"], pems["tls.key"], note, False)
+        reason = f"new certificates: {why}"
     material = tls_material(options)
-    bundle = material.ca_cert
-    # Keep trusting the old CA while pods still serve the old certificate.
-    for old in _still_valid_cas(pems.get("ca.crt", b""), now)[:1]:
-        if old.strip() != bundle.strip():
-            bundle = bundle.rstrip(b"\n") + b"\n" + old
+    bundle = _bundle_with_old_ca(material.ca_cert, pems.get("ca.crt", b""), now)
     return Certificates(bundle, material.cert, material.key, reason, live_secret is not None)
 
 

@@ -222,6 +222,30 @@ def test_expiring_certificate_is_rotated_and_both_cas_are_trusted(
     assert kinds[:2] == ["ValidatingWebhookConfiguration", "Secret"], kinds
 
 
+def test_cert_dir_is_installed_kept_and_rotated(tmp_path: Path, stub: KubeStub) -> None:
+    for folder in ("one", "two"):
+        made = subprocess.run(
+            [CLI, "certs", f"--out-dir={tmp_path / folder}"], capture_output=True, timeout=30
+        )
+        assert made.returncode == 0, made.stderr
+    first = run(tmp_path, "install", f"--cert-dir={tmp_path / 'one'}")
+    assert first.returncode == 0, first.stderr
+    secret = stub.find("Secret", f"{NS}-tls")
+    assert secret is not None
+    assert _b64pem(secret, "tls.crt") == (tmp_path / "one" / "tls.crt").read_bytes()
+    before = len(stub.calls)
+    again = run(tmp_path, "install", f"--cert-dir={tmp_path / 'one'}")
+    assert again.returncode == 0, again.stderr
+    assert [c for c in stub.calls[before:] if c.write] == []
+    rotated = run(tmp_path, "install", f"--cert-dir={tmp_path / 'two'}")
+    assert rotated.returncode == 0, rotated.stderr
+    webhook = stub.find("ValidatingWebhookConfiguration", NS)
+    assert webhook is not None
+    bundle = base64.b64decode(webhook["webhooks"][0]["clientConfig"]["caBundle"])
+    old_ca, new_ca = ((tmp_path / d / "ca.crt").read_bytes() for d in ("one", "two"))
+    assert bundle.startswith(new_ca.rstrip(b"\n")) and bundle.rstrip().endswith(old_ca.rstrip())
+
+
 def test_secret_for_other_names_is_replaced(tmp_path: Path, stub: KubeStub) -> None:
     assert run(tmp_path, "install").returncode == 0
     result = run(tmp_path, "install", "--service=audit")
