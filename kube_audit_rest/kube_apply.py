@@ -25,6 +25,8 @@ from typing import Any, cast
 from urllib.parse import quote
 
 FIELD_MANAGER = "kube-audit-rest"
+# API groups served by custom resource definitions, not by every cluster.
+CUSTOM_GROUPS = ("monitoring.coreos.com",)
 # (connect, read) seconds for one API request.
 REQUEST_TIMEOUT = (10.0, 30.0)
 
@@ -266,7 +268,10 @@ def _raise_unless_ok(
     label = f"{status} {reason}" if isinstance(reason, str) and reason else str(status)
     namespace = obj.get("metadata", {}).get("namespace")
     where = f" in namespace {namespace}" if namespace else ""
-    raise KubeError(f"cannot {verb} {describe(obj)}{where}: {label}: {message}")
+    hint = ""
+    if status == 404 and verb == "apply" and resource_of(obj).group.endswith(CUSTOM_GROUPS):
+        hint = f" (is the CustomResourceDefinition for {obj.get('kind')} installed?)"
+    raise KubeError(f"cannot {verb} {describe(obj)}{where}: {label}: {message}{hint}")
 
 
 @dataclass(frozen=True)

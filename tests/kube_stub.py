@@ -144,6 +144,10 @@ class KubeStub:
     # (verb, plural) -> (code, reason); verbs are get/create/update/patch/delete.
     faults: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
     objects: dict[Key, Obj] = field(default_factory=dict)
+    # The resources served; drop one to act as a cluster without that CRD.
+    kinds_served: dict[tuple[str, str, str], tuple[str, bool]] = field(
+        default_factory=lambda: dict(KINDS)
+    )
     calls: list[Call] = field(default_factory=list)
     _version: int = 100
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -280,7 +284,7 @@ class KubeStub:
         if not rest or len(rest) > 2:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         plural = rest[0]
-        known = KINDS.get((group, version, plural))
+        known = self.kinds_served.get((group, version, plural))
         if known is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         kind, namespaced = known

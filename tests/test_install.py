@@ -408,6 +408,14 @@ def test_invalid_is_one_line(tmp_path: Path, stub: KubeStub) -> None:
     assert f"cannot apply service/{NS} in namespace {NS}: 422 Invalid:" in line
 
 
+def test_missing_custom_resource_definition_is_one_line(tmp_path: Path, stub: KubeStub) -> None:
+    del stub.kinds_served[("monitoring.coreos.com", "v1", "servicemonitors")]
+    line = _one_error_line(run(tmp_path, "install", "--service-monitor"))
+    assert f"cannot apply servicemonitor.monitoring.coreos.com/{NS} in namespace {NS}: 404" in line
+    assert "is the CustomResourceDefinition for ServiceMonitor installed?" in line
+    assert "ValidatingWebhookConfiguration" not in stub.kinds_in_store()
+
+
 def test_forbidden_delete_is_one_line(tmp_path: Path, stub: KubeStub) -> None:
     stub.faults[("delete", "validatingwebhookconfigurations")] = (403, "Forbidden")
     line = _one_error_line(run(tmp_path, "uninstall"))
