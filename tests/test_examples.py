@@ -8,7 +8,8 @@ kustomize`` on a copy of k8s/ with a certificate from ``kube-audit-rest certs``
 resources have no schema here and get a structural check. The log shippers
 cannot run here: their configuration files are parsed (YAML, TOML) and checked
 against the manifests (paths they read are the volume the sidecar mounts).
-The local guide's jq queries run on a log written by the real server.
+The local guide is followed as written: its server command, its curl loop and
+its jq queries, against the real server.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import StartServer
 from tests.k8s_support import MODELS, check_object, kustomize, load_yaml_stream, run_cli
+from tests.support import CLI, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -306,28 +309,70 @@ def test_guide_paths_exist(readme: Path) -> None:
         assert (REPO / path).exists(), f"{_rel(readme)} mentions missing {path}"
 
 
-def _jq_commands(readme: Path) -> list[str]:
-    blocks = re.findall(r"```sh\n(.*?)```", readme.read_text(), re.S)
-    return [line for block in blocks for line in block.splitlines() if line.startswith("jq ")]
+def _sh_blocks(readme: Path) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", readme.read_text(), re.S)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], metrics_port: int, stderr: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, stderr.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"not ready:\n{stderr.read_text()}")
 
 
 @pytest.mark.timeout(120)
-def test_local_guide_queries_run_on_a_real_log(tmp_path: Path, start: StartServer) -> None:
-    jq = shutil.which("jq")
-    if jq is None:
-        pytest.skip("jq is not installed (apt-get install -y jq)")
-    server = start("--workers=1")
-    samples = (EXAMPLES / "seeing-audit-log-locally" / "sample-requests.jsonl").read_bytes()
-    for line in samples.splitlines():
-        assert server.post(line).status == 200
-    assert server.log_path == tmp_path / "audit.log"  # the file name the guide uses
-    commands = _jq_commands(EXAMPLES / "seeing-audit-log-locally" / "README.md")
+def test_local_guide_works_as_written(tmp_path: Path) -> None:
+    """Steps 1 to 4 of seeing-audit-log-locally, in a scratch folder: the guide's
+    server command (plus free ports), its curl loop (with that port), its jq queries."""
+    for tool in ("jq", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install -y {tool})")
+    guide = EXAMPLES / "seeing-audit-log-locally"
+    blocks = _sh_blocks(guide / "README.md")
+    (start_line,) = [
+        line for b in blocks for line in b.splitlines() if "kube-audit-rest --self-signed" in line
+    ]
+    (loop,) = [b for b in blocks if b.startswith("while ")]
+    port, metrics_port = free_port(), free_port()
+    argv = shlex.split(start_line.replace("$PWD", str(tmp_path)))
+    assert argv[0] == ".venv/bin/kube-audit-rest"
+    argv[0] = CLI
+    argv += [f"--server-port={port}", f"--metrics-port={metrics_port}", "--workers=1"]
+    stderr = tmp_path / "server.err"
+    with open(stderr, "wb") as err:
+        process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_ready(process, metrics_port, stderr)
+        script = loop.replace("localhost:9090", f"localhost:{port}").replace(
+            "examples/seeing-audit-log-locally/", f"{guide}/"
+        )
+        sent = subprocess.run(
+            ["/bin/bash", "-euo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        answers = [json.loads(line) for line in sent.stdout.splitlines() if line]
+        samples = (guide / "sample-requests.jsonl").read_bytes().splitlines()
+        assert len(answers) == len(samples)
+        assert all(a["response"]["allowed"] is True for a in answers)
+    finally:
+        process.terminate()
+        process.wait(timeout=40)
+    assert len((tmp_path / "audit.log").read_bytes().splitlines()) == len(samples)
+    commands = [line for b in blocks for line in b.splitlines() if line.startswith("jq ")]
     assert len(commands) >= 7
     for command in commands:
-        # The guide's commands, word-split as a shell would, run on that log.
-        argv = shlex.split(command)
         result = subprocess.run(
-            [jq, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+            shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 0, (command, result.stderr)
         assert result.stdout.strip(), f"no output from: {command}"
