@@ -362,8 +362,60 @@ def wait_for_deployment(
                 return progress
         remaining = deadline - clock()
         if remaining <= 0:
-            raise KubeError(f"{describe(obj)} was not ready within {timeout:g}s ({progress})")
+            why = pod_problems(cluster, live or obj)
+            raise KubeError(
+                f"{describe(obj)} was not ready within {timeout:g}s ({progress})"
+                + (f"; {why}" if why else "")
+            )
         sleep(min(interval, remaining))
+
+
+def _pod_problem(pod: Mapping[str, Any]) -> str:
+    """The first reason a pod is not ready, from its container statuses and conditions."""
+    status = cast(Mapping[str, Any], pod.get("status") or {})
+    statuses = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for container in statuses:
+        state = container.get("state") or {}
+        for phase in ("waiting", "terminated"):
+            detail = state.get(phase)
+            if detail and detail.get("reason") not in (None, "Completed"):
+                message = _one_line(str(detail.get("message", "")))[:200]
+                text = f"container {container.get('name')} {detail['reason']}"
+                return f"{text}: {message}" if message else text
+        if container.get("ready") is False and (container.get("restartCount") or 0) > 0:
+            return f"container {container.get('name')} restarted {container['restartCount']} times"
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason"):
+            message = _one_line(str(condition.get("message", "")))[:200]
+            return f"{condition['type']}: {condition['reason']} {message}".rstrip()
+    return ""
+
+
+def pod_problems(cluster: Cluster, deployment: Mapping[str, Any]) -> str:
+    """What the Deployment's pods report (best effort: '' when the pods cannot be listed)."""
+    metadata = deployment.get("metadata") or {}
+    selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not selector or not metadata.get("namespace"):
+        return ""
+    path = Resource("", "v1", "pods", True).collection(metadata["namespace"])
+    query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items())))]
+    try:
+        status, body = cluster.request("GET", path, query)
+    except KubeError:
+        return ""
+    if status != 200:
+        return ""
+    pods = body.get("items") or []
+    if not pods:
+        return "no pods were created (see: kubectl describe replicaset)"
+    for pod in pods:
+        problem = _pod_problem(pod)
+        if problem:
+            return f"pod {pod.get('metadata', {}).get('name')}: {problem}"
+    return ""
 
 
 def wait_until_absent(

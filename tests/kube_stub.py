@@ -47,6 +47,7 @@ KINDS: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("", "v1", "configmaps"): ("ConfigMap", True),
     ("", "v1", "services"): ("Service", True),
     ("", "v1", "serviceaccounts"): ("ServiceAccount", True),
+    ("", "v1", "pods"): ("Pod", True),
     ("apps", "v1", "deployments"): ("Deployment", True),
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True),
     ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True),
@@ -325,8 +326,10 @@ class KubeStub:
             )
         dry_run = "All" in query.get("dryRun", [])
         if route.name is None:
+            if method == "GET":
+                return 200, self._list(route, query.get("labelSelector", [""])[0])
             if method != "POST":
-                raise ApiError(405, "MethodNotAllowed", "the stub lists nothing")
+                raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
             return self._create(route, self._decode(body, content_type), dry_run)
         key = self._key(route, route.name)
         live = self.objects.get(key)
@@ -382,6 +385,22 @@ class KubeStub:
         raise ApiError(
             415, "UnsupportedMediaType", f"the body of type {content_type} is unsupported"
         )
+
+    def _list(self, route: Route, selector: str) -> Obj:
+        """A list, filtered by an equality-only label selector (k=v,k2=v2)."""
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        items = [
+            copy.deepcopy(obj)
+            for (group, namespace, plural, _name), obj in sorted(self.objects.items())
+            if (group, namespace, plural) == (route.group, route.namespace or "", route.plural)
+            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
+        return {
+            "kind": f"{route.kind}List",
+            "apiVersion": f"{route.group}/{route.version}" if route.group else route.version,
+            "metadata": {"resourceVersion": str(self._version)},
+            "items": items,
+        }
 
     # ---- storage ---------------------------------------------------------
     @staticmethod

@@ -385,9 +385,45 @@ def test_timeout_waiting_for_readiness_does_not_register_the_webhook(
     result = run(tmp_path, "install", "--wait-timeout=1")
     line = _one_error_line(result)
     assert f"deployment.apps/{NS} was not ready within 1s" in line
+    assert "no pods were created" in line  # the stub has no ReplicaSet controller
     assert "ValidatingWebhookConfiguration" not in stub.kinds_in_store()
     assert "validatingwebhookconfiguration" not in result.stdout
     assert all("validatingwebhook" not in c.path for c in stub.writes())
+
+
+def test_timeout_names_what_the_pods_report(tmp_path: Path, stub: KubeStub) -> None:
+    stub.ready_after = None
+    assert run(tmp_path, "install", "--dry-run").returncode == 0
+    assert (
+        run(tmp_path, "install", "--wait-timeout=0.5").returncode == 1
+    )  # namespace etc. now exist
+    pod_labels = {"app.kubernetes.io/name": NS, "app.kubernetes.io/instance": NS}
+    stub.objects[("", NS, "pods", f"{NS}-7d9c-x1")] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{NS}-7d9c-x1", "namespace": NS, "labels": pod_labels},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "kube-audit-rest",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "kube-audit-rest:0.1.0"',
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    line = _one_error_line(run(tmp_path, "install", "--wait-timeout=1"))
+    assert line.endswith(
+        f"; pod {NS}-7d9c-x1: container kube-audit-rest ImagePullBackOff: "
+        'Back-off pulling image "kube-audit-rest:0.1.0"'
+    )
+    assert "ValidatingWebhookConfiguration" not in stub.kinds_in_store()
 
 
 # ---- errors: one line each, non-zero exit ------------------------------------
