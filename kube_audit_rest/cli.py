@@ -126,8 +126,8 @@ def _run(settings: Settings, runtime_dir: str) -> int:
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("kube_audit_rest.certs_cli", "create a CA and a serving certificate for the Service"),
     "render": ("kube_audit_rest.render_cli", "print every manifest for kubectl apply -f -"),
-    "install": ("kube_audit_rest.install_cli", "apply those manifests to a cluster, then wait"),
-    "uninstall": ("kube_audit_rest.uninstall_cli", "remove them: the webhook first"),
+    "install": ("kube_audit_rest.install_cli", "apply render's objects; the webhook once ready"),
+    "uninstall": ("kube_audit_rest.uninstall_cli", "delete what install applied, webhook first"),
 }
 
 
