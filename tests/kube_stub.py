@@ -7,8 +7,10 @@ namespaced and cluster-scoped), GET/POST/PUT/PATCH/DELETE, ``Status`` error
 bodies (404 NotFound, 409 AlreadyExists/Conflict, 403 Forbidden, 415, 422 Invalid),
 ``resourceVersion`` (bumped on every real change, checked on PUT),
 ``generation`` (bumped on spec changes), ``dryRun=All``, a Secret's
-``stringData`` folded into ``data``, and a few server-side defaults so that
-clients must tolerate fields they did not send.
+``stringData`` folded into ``data``, lists filtered by an equality label
+selector, a deleted Namespace staying ``Terminating`` for a while (refusing new
+content, as the real one does) when asked to, and a few server-side defaults so
+that clients must tolerate fields they did not send.
 
 What is stubbed: server-side apply merges the applied object into the live one
 (maps merged, lists replaced) and does not track field ownership; there is no
