@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,14 +38,22 @@ def run_script(
     full_env = {**os.environ, "KUBE_AUDIT_REST": CLI, **(env or {})}
     full_env.pop("CORPUS_OPTIONAL", None)
     full_env.update(env or {})
-    return subprocess.run(
+    # Its own process group, so a hung run is ended with the server it started.
+    process = subprocess.Popen(
         ["/bin/bash", str(SCRIPT), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=full_env,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"local-testing.sh hung:\n{stdout}\n{stderr}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def write_corpus(folder: Path) -> list[bytes]:
