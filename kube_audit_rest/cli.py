@@ -181,7 +181,12 @@ def _run(settings: Settings, runtime_dir: str) -> int:
 # Subcommands, by name: the module whose ``main(argv) -> int`` runs it. Without
 # a subcommand (or with flags first) the command serves the webhook, exactly as
 # the Go original's binary does, so existing Deployment ``args`` keep working.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "certs": ("kube_audit_rest.certs_cli", "create a CA and a serving certificate for the Service"),
+    "render": ("kube_audit_rest.render_cli", "print every manifest for kubectl apply -f -"),
+    "install": ("kube_audit_rest.install_cli", "apply render's objects; the webhook once ready"),
+    "uninstall": ("kube_audit_rest.uninstall_cli", "delete what install applied, webhook first"),
+}
 
 
 def _usage_with_subcommands() -> str:
