@@ -123,7 +123,12 @@ def _run(settings: Settings, runtime_dir: str) -> int:
 # Subcommands, by name: the module whose ``main(argv) -> int`` runs it. Without
 # a subcommand (or with flags first) the command serves the webhook, exactly as
 # the Go original's binary does, so existing Deployment ``args`` keep working.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "query": (
+        "kube_audit_rest.query.cli",
+        "Search the audit log: who changed what, diffs, kubectl commands.",
+    ),
+}
 
 
 def _usage_with_subcommands() -> str:
