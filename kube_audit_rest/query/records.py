@@ -112,7 +112,7 @@ def _json_error(raw: bytes) -> str:
     try:
         orjson.loads(stripped)
     except orjson.JSONDecodeError as error:
-        if not stripped.endswith(b"}"):
+        if stripped.startswith(b"{") and not stripped.endswith(b"}"):
             return f"not valid JSON, the line looks cut short ({error})"
         return f"not valid JSON ({error})"
     return "not valid JSON"
