@@ -48,3 +48,7 @@ def names(result: Result) -> list[str]:
     """The NAMESPACE/NAME column of a table output, one per row."""
     rows = result.stdout.splitlines()[1:]
     return [row.split()[5] for row in rows]
+
+
+EXPECTED = FIXTURES / "expected"
+EXPECTED_KUBECTL = EXPECTED / "log.kubectl.txt"
