@@ -166,10 +166,29 @@ def test_missing_default_log_is_an_error(tmp_path: object) -> None:
 def test_pattern_and_needles() -> None:
     assert Pattern("alice")("alice") and not Pattern("alice")("alice2")
     assert Pattern("a*e")("alice") and not Pattern("A*")("alice")
-    assert Pattern("alice").needle() == b'"alice"'
-    assert Pattern("system:serviceaccount:*:deployer").needle() == b"system:serviceaccount:"
-    assert Pattern("we b").needle() is None  # a space may be written differently? no: not plain
-    assert Pattern("*").needle() is None
+    assert Pattern("alice").needles() == (b'"alice"',)
+    assert Pattern("system:serviceaccount:*:deployer").needles() == (
+        b"system:serviceaccount:",
+        b":deployer",
+    )
+    assert Pattern("web-[0-9]?x").needles() == (b"web-", b"x")
+    assert Pattern("we b").needles() is None  # not plain: no byte test, always parsed
+    assert Pattern("*").needles() is None
+
+
+def test_time_prefilter_reads_the_key_only_when_it_is_unique() -> None:
+    criteria = Criteria(since_ns=parse_rfc3339("2026-11-23T14:00:00Z"))
+    criteria.prepare()
+    line = ACTIVE.read_bytes().splitlines()[0]  # 14:00:00Z
+    assert criteria.may_match(line)
+    earlier = line.replace(b"14:00:00Z", b"13:59:59Z")
+    assert not criteria.may_match(earlier)
+    # A nested key of the same name: the bytes cannot tell which is the record's.
+    nested = earlier.replace(
+        b'"data":{', b'"data":{"requestReceivedTimestamp":"2030-01-01T00:00:00Z",'
+    )
+    assert nested != earlier and criteria.may_match(nested)
+    assert not criteria.matches(parse_line(nested))
 
 
 def test_criteria_prefilter_is_only_a_necessary_condition() -> None:

@@ -8,7 +8,6 @@ markers mean the value did not change. Anything else at a redacted place is
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -57,16 +56,20 @@ def without_noise(obj: Json | None, include_status: bool) -> Json | None:
     annotation (a copy of the object itself) and, unless asked, status."""
     if obj is None:
         return None
-    clean = copy.deepcopy(obj)
+    # Shallow copies of the levels we change; the rest is shared, never mutated.
+    clean = dict(obj)
     metadata = clean.get("metadata")
     if isinstance(metadata, dict):
-        for key in NOISE_METADATA:
-            metadata.pop(key, None)
+        metadata = clean["metadata"] = {
+            k: v for k, v in metadata.items() if k not in NOISE_METADATA
+        }
         annotations = metadata.get("annotations")
-        if isinstance(annotations, dict):
-            annotations.pop(LAST_APPLIED, None)
-            if not annotations:
-                metadata.pop("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+            if annotations:
+                metadata["annotations"] = annotations
+            else:
+                del metadata["annotations"]
     if not include_status:
         clean.pop("status", None)
     return clean

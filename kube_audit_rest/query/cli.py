@@ -150,8 +150,14 @@ def criteria_from(args: argparse.Namespace) -> Criteria:
 def _lines(args: argparse.Namespace) -> Iterator[sources.Line | None]:
     if args.file:
         for path in args.file:
-            if path != "-" and not os.path.isfile(path):
+            if path == "-":
+                continue
+            if not os.path.exists(path):
                 fail(f"query: cannot read {path}: no such file")
+            if os.path.isdir(path):
+                fail(f"query: cannot read {path}: it is a directory")
+            if not os.access(path, os.R_OK):
+                fail(f"query: cannot read {path}: permission denied")
         for index, path in enumerate(args.file):
             last = index == len(args.file) - 1
             if args.follow and last and path != "-":

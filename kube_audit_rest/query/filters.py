@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from kube_audit_rest.query.records import Record
+from kube_audit_rest.query.timeparse import parse_rfc3339
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # Characters JSON never needs to escape; a needle made of them is found verbatim.
 _PLAIN = re.compile(r"[A-Za-z0-9._:@-]+", re.ASCII)
 _ESCAPE = b"\\u"
+_TIME_KEY = b'"requestReceivedTimestamp":"'
 
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 VERBS = (
@@ -36,6 +38,27 @@ VERBS = (
 )
 
 
+def _raw_time(raw: bytes) -> int | None:
+    """The record time read from the bytes, when the line has exactly one such key.
+
+    An unescaped ``"requestReceivedTimestamp":"`` can only be a key (a quote
+    inside a JSON string is escaped); when it occurs once, it is the record's
+    time or, if the record has none at top level, the record fails the window
+    on its parsed time anyway.
+    """
+    start = raw.find(_TIME_KEY)
+    if start < 0 or raw.rfind(_TIME_KEY) != start:
+        return None
+    start += len(_TIME_KEY)
+    end = raw.find(b'"', start)
+    if end < 0:
+        return None
+    try:
+        return parse_rfc3339(raw[start:end].decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+
+
 class Pattern:
     """An exact value or an ``fnmatch`` glob (``*``, ``?``, ``[...]``), case-sensitive."""
 
@@ -48,15 +71,19 @@ class Pattern:
     def __call__(self, value: str) -> bool:
         return value == self.text if self.exact else fnmatchcase(value, self.text)
 
-    def needle(self) -> bytes | None:
-        """Bytes every line holding a matching value contains, if we can tell."""
+    def needles(self) -> tuple[bytes, ...] | None:
+        """Bytes that are all in every line holding a matching value, if we can tell.
+
+        An exact value is looked for with its quotes; a glob by each of its literal
+        pieces (every piece of a glob is in any string it matches).
+        """
         if self.exact:
             if _PLAIN.fullmatch(self.text):
-                return b'"' + self.text.encode() + b'"'
+                return (b'"' + self.text.encode() + b'"',)
             return None
         pieces = [p for p in re.split(r"\[[^\]]*\]?|[*?]", self.text) if p]
-        plain = [p for p in pieces if _PLAIN.fullmatch(p)]
-        return max(plain, key=len).encode() if plain else None
+        plain = tuple(p.encode() for p in pieces if _PLAIN.fullmatch(p))
+        return plain or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +126,11 @@ class ResourceSpec:
             return True
         return False
 
-    def needles(self) -> tuple[bytes, ...]:
-        """One of these is in every line about a matching resource (none: cannot tell)."""
-        found = tuple(b'"' + resource.encode() + b'"' for _g, resource, _s in self.alternatives)
-        return found if all(_PLAIN.fullmatch(r) for _g, r, _s in self.alternatives) else ()
+    def needles(self) -> tuple[tuple[bytes, ...], ...]:
+        """Alternatives of bytes in every line about a matching resource (none: cannot tell)."""
+        if not all(_PLAIN.fullmatch(r) for _g, r, _s in self.alternatives):
+            return ()
+        return tuple((b'"' + r.encode() + b'"',) for _g, r, _s in self.alternatives)
 
 
 def _split_dotted(text: str) -> tuple[str, str | None]:
@@ -129,19 +157,20 @@ class Criteria:
     since_ns: int | None = None  # inclusive
     until_ns: int | None = None  # exclusive
     texts: list[bytes] = field(default_factory=list)
-    _needles: list[tuple[bytes, ...]] = field(default_factory=list)
+    # Per filter, alternatives (one per value) of byte strings that must all be present.
+    _needles: list[tuple[tuple[bytes, ...], ...]] = field(default_factory=list)
 
     def prepare(self) -> None:
-        """Work out the byte needles; each tuple needs one of its needles present."""
+        """Work out the byte needles of the filters that have them."""
         self._needles = []
         for patterns in (self.users, self.namespaces, self.names, self.clusters, self.groups):
-            needles = tuple(p.needle() for p in patterns)
-            if patterns and all(needles):
-                self._needles.append(tuple(n for n in needles if n))
+            alternatives = [p.needles() for p in patterns]
+            if patterns and all(alternatives):
+                self._needles.append(tuple(a for a in alternatives if a))
         if self.resources:
             per_spec = [spec.needles() for spec in self.resources]
             if all(per_spec):
-                self._needles.append(tuple(n for needles in per_spec for n in needles))
+                self._needles.append(tuple(a for needles in per_spec for a in needles))
 
     def may_match(self, raw: bytes) -> bool:
         for text in self.texts:
@@ -149,7 +178,14 @@ class Criteria:
                 return False
         if self._needles and _ESCAPE not in raw:
             for alternatives in self._needles:
-                if not any(needle in raw for needle in alternatives):
+                if not any(all(n in raw for n in pieces) for pieces in alternatives):
+                    return False
+        if self.since_ns is not None or self.until_ns is not None:
+            stamp = _raw_time(raw)
+            if stamp is not None:
+                if self.since_ns is not None and stamp < self.since_ns:
+                    return False
+                if self.until_ns is not None and stamp >= self.until_ns:
                     return False
         return True
 

@@ -31,6 +31,8 @@ def row(record: Record) -> tuple[str, ...]:
 
 def _clean(text: str) -> str:
     """No control characters from a record reach the terminal."""
+    if text.isprintable():
+        return text
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 

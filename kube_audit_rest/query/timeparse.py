@@ -7,6 +7,7 @@ keeps only six, so comparisons at the edges of a time window use integers.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 
@@ -30,18 +31,27 @@ def parse_rfc3339(text: str) -> int | None:
     match = _RFC3339.fullmatch(text)
     if match is None:
         return None
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= _days_in(year, month)):
+    seconds = _epoch_seconds(text[:10], text[11:19])
+    if seconds is None:
         return None
-    if hour > 23 or minute > 59 or second > 60:
-        return None
-    seconds = calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0))
     fraction = match.group(7) or ""
     offset = match.group(8)
     if offset not in ("Z", "z"):
         sign = 1 if offset[0] == "+" else -1
         seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
     return seconds * 10**9 + int(fraction.ljust(9, "0") or "0")
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(date: str, clock: str) -> int | None:
+    """Seconds of a validated date and time of day; cached, as log times come in runs."""
+    year, month, day = int(date[0:4]), int(date[5:7]), int(date[8:10])
+    hour, minute, second = int(clock[0:2]), int(clock[3:5]), int(clock[6:8])
+    if not (1 <= month <= 12 and 1 <= day <= _days_in(year, month)):
+        return None
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    return calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0))
 
 
 def _days_in(year: int, month: int) -> int:
