@@ -244,9 +244,8 @@ def main() -> int:
             else "taskset missing: not pinned"
         )
         run_query(log, ["--name", "warm-up-the-page-cache"])
-        print(
-            f"{'query':<24} {'lines out':>10} {'wall s':>8} {'CPU s':>8} {'MB/s':>8} {'MB/CPU-s':>9}"
-        )
+        columns = ("lines out", "wall s", "CPU s", "MB/s")
+        print(f"{'query':<24} " + " ".join(f"{c:>10}" for c in columns) + f" {'MB/CPU-s':>10}")
         span = count // 20
         bounds = {
             "since": _stamp(START + span * 45 // 100),
@@ -256,7 +255,7 @@ def main() -> int:
             wall, cpu, out = run_query(log, [arg.format(**bounds) for arg in args])
             mb = size / 1e6
             print(
-                f"{title:<24} {out:>10} {wall:>8.2f} {cpu:>8.2f} {mb / wall:>8.0f} {mb / cpu:>9.0f}"
+                f"{title:<24} {out:>10} {wall:>10.2f} {cpu:>10.2f} {mb / wall:>10.0f} {mb / cpu:>10.0f}"
             )
     finally:
         if not options.keep:
