@@ -254,9 +254,8 @@ def main() -> int:
         for title, args in QUERIES:
             wall, cpu, out = run_query(log, [arg.format(**bounds) for arg in args])
             mb = size / 1e6
-            print(
-                f"{title:<24} {out:>10} {wall:>10.2f} {cpu:>10.2f} {mb / wall:>10.0f} {mb / cpu:>10.0f}"
-            )
+            cells = (f"{out}", f"{wall:.2f}", f"{cpu:.2f}", f"{mb / wall:.0f}", f"{mb / cpu:.0f}")
+            print(f"{title:<24} " + " ".join(f"{cell:>10}" for cell in cells))
     finally:
         if not options.keep:
             shutil.rmtree(root, ignore_errors=True)
