@@ -73,6 +73,10 @@ def test_prefilter_does_not_hide_an_escaped_value() -> None:
         ("core/certificates", 0),
         ("pods.core", 8),
         ("serviceaccounts/token", 1),
+        ("*/scale", 1),
+        ("*/*/scale", 1),
+        ("pods/e*", 3),
+        ("*.cert-manager.io", 2),
     ],
 )
 def test_resource_forms(spec: str, expected: int) -> None:

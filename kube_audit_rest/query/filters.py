@@ -92,7 +92,8 @@ class ResourceSpec:
     ``pods/exec``, ``apps/deployments/scale``.
 
     Two parts are read both ways, as group/resource and as resource/subresource;
-    a resource alone matches it in any group and with any subresource.
+    a resource alone matches it in any group and with any subresource. Each
+    part may be a glob (``*/scale``).
     """
 
     alternatives: tuple[tuple[str | None, str, str | None], ...]
@@ -117,11 +118,11 @@ class ResourceSpec:
 
     def __call__(self, record: Record) -> bool:
         for group, resource, subresource in self.alternatives:
-            if resource != record.resource:
+            if not _same(resource, record.resource):
                 continue
-            if group is not None and group != record.group:
+            if group is not None and not _same(group, record.group):
                 continue
-            if subresource is not None and subresource != record.subresource:
+            if subresource is not None and not _same(subresource, record.subresource):
                 continue
             return True
         return False
@@ -131,6 +132,13 @@ class ResourceSpec:
         if not all(_PLAIN.fullmatch(r) for _g, r, _s in self.alternatives):
             return ()
         return tuple((b'"' + r.encode() + b'"',) for _g, r, _s in self.alternatives)
+
+
+def _same(wanted: str, value: str) -> bool:
+    """Equal, or matched as a glob when *wanted* has glob characters (``*/scale``)."""
+    if _GLOB_CHARS.search(wanted) is None:
+        return wanted == value
+    return fnmatchcase(value, wanted)
 
 
 def _split_dotted(text: str) -> tuple[str, str | None]:
