@@ -123,8 +123,8 @@ class Follower:
                 continue
         return got
 
-    def stop(self) -> tuple[int, str]:
-        self.process.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout=10)
         finally:
@@ -204,7 +204,7 @@ def test_follow_waits_for_a_missing_log(tmp_path: Path, follower: list[Follower]
     time.sleep(0.5)
     active.write_bytes(record("1", "other") + record("2", "wanted"))
     assert tail.take(1) == [record("2", "wanted")]
-    assert tail.stop()[0] == 0
+    assert tail.stop(signal.SIGTERM)[0] == 0
 
 
 @pytest.mark.slow

@@ -175,11 +175,21 @@ def _lines(args: argparse.Namespace) -> Iterator[sources.Line | None]:
     if args.follow:
         backups = [path for path in inputs if path != os.path.abspath(active)]
         for path in backups:
-            yield from sources.read_file(path)
+            yield from _read(path)
         yield from sources.follow(active)
     else:
         for path in inputs:
-            yield from sources.read_file(path)
+            yield from _read(path)
+
+
+def _read(path: str) -> Iterator[sources.Line]:
+    """A file found by listing the folder; the server may prune it before we get to it."""
+    try:
+        yield from sources.read_file(path)
+    except FileNotFoundError:
+        sys.stderr.write(f"kube-audit-rest: warning: {path}: removed before it could be read\n")
+    except OSError as error:
+        fail(f"query: cannot read {path}: {error.strerror}")
 
 
 class _Printer:
@@ -255,6 +265,9 @@ def main(argv: Sequence[str]) -> int:
     if (args.include_status or args.keep_noise) and not args.diff:
         fail("query: --include-status and --keep-noise only apply to --diff")
     criteria = criteria_from(args)
+    # SIGINT ends a --follow even when the shell started us with it ignored
+    # (a background job of a script); SIGTERM ends it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run(args, criteria, sys.stdout, sys.stderr)
