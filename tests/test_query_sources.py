@@ -191,6 +191,18 @@ def test_follow_across_rotations(tmp_path: Path, follower: list[Follower]) -> No
         time.sleep(0.5)
         handle.write(half[40:] + b"not json\n" + record("10"))
     assert tail.take(2) == [record("9"), record("10")]
+
+    # A torn line that the server cuts off before its next write is not read as a record.
+    torn = b'{"kind":"AdmissionReview","request":{"uid":"torn-by-a-killed-writer'
+    with active.open("ab") as handle:
+        handle.write(torn)
+    time.sleep(0.5)
+    size = active.stat().st_size
+    with active.open("r+b") as handle:
+        handle.truncate(size - len(torn))
+        handle.seek(0, os.SEEK_END)
+        handle.write(record("11") + record("12"))
+    assert tail.take(2) == [record("11"), record("12")]
     code, stderr = tail.stop()
     assert code == 0
     assert stderr.count("warning:") == 1 and f"{active}:3: not valid JSON" in stderr

@@ -77,6 +77,13 @@ class _Tail:
         if size < self.position:  # truncated in place (copytruncate): start again
             os.lseek(self.fd, 0, os.SEEK_SET)
             self.position, self.pending = 0, b""
+        elif self.pending:
+            # The server cuts off a torn last line before its next write; if the
+            # bytes we hold are no longer there, read from where they started.
+            start = self.position - len(self.pending)
+            if os.pread(self.fd, len(self.pending), start) != self.pending:
+                os.lseek(self.fd, start, os.SEEK_SET)
+                self.position, self.pending = start, b""
         while True:
             chunk = os.read(self.fd, CHUNK)
             if not chunk:
