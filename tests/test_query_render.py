@@ -240,3 +240,16 @@ def test_every_flag_in_the_golden_commands_is_a_kubectl_flag() -> None:
                 flag,
                 verb,
             )
+
+
+def test_label_change_on_a_secret_with_unchanged_hmac_values_is_a_label_command() -> None:
+    secrets = {"group": "", "version": "v1", "resource": "secrets"}
+    old = {"kind": "Secret", "metadata": {"name": "s", "labels": {"a": "1"}}, "data": {"k": HMAC_1}}
+    new = {"kind": "Secret", "metadata": {"name": "s", "labels": {"a": "2"}}, "data": {"k": HMAC_1}}
+    record = admission("UPDATE", new, old, resource=secrets, name="s")
+    assert kubectl.commands(record) == ["kubectl -n shop label secret s a=2 --overwrite"]
+    assert summarise(record) == "labels a=1→2"
+    # With plain markers nobody can tell whether the value changed too: no command.
+    old["data"], new["data"] = {"k": "<redacted>"}, {"k": "<redacted>"}
+    plain = admission("UPDATE", new, old, resource=secrets, name="s")
+    assert kubectl.commands(plain)[0].startswith("# no kubectl command: values in this object")
