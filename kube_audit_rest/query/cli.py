@@ -235,10 +235,14 @@ def run(args: argparse.Namespace, criteria: Criteria, out: IO[str], err: IO[str]
             continue
         raw = line.raw
         if not may_match(raw):
-            # Not parsed; still catch a torn or non-JSON line by its framing.
+            # Ruled out unparsed; a line that does not even look like a JSON
+            # object (torn, or not JSON) is still parsed, to report it.
             stripped = raw.rstrip()
             if stripped and not (stripped.startswith(b"{") and stripped.endswith(b"}")):
-                _warn(err, line, "not a JSON object line")
+                try:
+                    parse_line(raw)
+                except MalformedRecord as error:
+                    _warn(err, line, str(error))
             continue
         if not raw.strip():
             continue
