@@ -253,3 +253,40 @@ def test_label_change_on_a_secret_with_unchanged_hmac_values_is_a_label_command(
     old["data"], new["data"] = {"k": "<redacted>"}, {"k": "<redacted>"}
     plain = admission("UPDATE", new, old, resource=secrets, name="s")
     assert kubectl.commands(plain)[0].startswith("# no kubectl command: values in this object")
+
+
+def _event(verb: str, uri: str, subresource: str = "") -> Record:
+    ref = {"resource": "pods", "namespace": "shop", "name": "web-1", "apiVersion": "v1"}
+    if subresource:
+        ref["subresource"] = subresource
+    document = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "auditID": "a",
+        "stage": "ResponseComplete",
+        "verb": verb,
+        "requestURI": uri,
+        "user": {"username": "alice"},
+        "objectRef": ref,
+        "requestReceivedTimestamp": "2026-11-23T14:00:00.000000Z",
+    }
+    return parse_line(json.dumps(document).encode())
+
+
+def test_event_reads() -> None:
+    logs = _event(
+        "get",
+        "/api/v1/namespaces/shop/pods/web-1/log?container=app&follow=true&tailLines=20",
+        "log",
+    )
+    assert kubectl.commands(logs) == ["kubectl -n shop logs web-1 -c app --follow --tail=20"]
+    status = _event("get", "/api/v1/namespaces/shop/pods/web-1/status", "status")
+    assert kubectl.commands(status) == [
+        "# no kubectl command: no kubectl command reads pods/status"
+    ]
+    websocket_exec = _event(
+        "get", "/api/v1/namespaces/shop/pods/web-1/exec?command=ls&stdout=true", "exec"
+    )
+    assert kubectl.commands(websocket_exec) == ["kubectl -n shop exec web-1 -- ls"]
+    uri = "/api/v1/namespaces/shop/pods?fieldSelector=metadata.name%3Dweb-1&watch=true"
+    assert kubectl.commands(_event("watch", uri)) == ["kubectl -n shop get pod web-1 --watch"]

@@ -118,12 +118,16 @@ def _line(argv: Sequence[str], record: Record, dry_run_flag: bool = True) -> str
 def commands(record: Record) -> list[str]:
     if not record.resource:
         return decline("the request is not about a resource")
+    if (
+        record.format == "event"
+        and record.verb in ("get", "list", "watch")
+        and (record.operation != "CONNECT")
+    ):
+        return _read(record)
     if record.subresource in _DECLINED_SUBRESOURCE:
         return decline(_DECLINED_SUBRESOURCE[record.subresource])
     if record.operation == "CONNECT":
         return _connect(record)
-    if record.format == "event" and record.verb in ("get", "list", "watch"):
-        return _read(record)
     if record.operation == "DELETE":
         return _delete(record)
     if record.subresource == "scale" and record.operation == "UPDATE":
@@ -164,13 +168,21 @@ def _connect(record: Record) -> list[str]:
 
 
 def _read(record: Record) -> list[str]:
+    """An audit Event's read: ``kubectl get`` (or ``kubectl logs`` for pods/log)."""
     uri = record.document.get("requestURI")
     query = parse_qs(urlsplit(uri).query) if isinstance(uri, str) else {}
+    if record.subresource == "log" and record.resource == "pods" and record.name:
+        return [_line(_kubectl(record, "logs", record.name, *_log_flags(query)), record, False)]
+    if record.subresource:
+        return decline(f"no kubectl command reads {record.resource_path}")
     words = ["get", type_name(record)]
-    if record.verb == "get":
-        if not record.name:
-            return decline("a get without a name")
+    if record.name:
+        # A named watch is a watch with fieldSelector metadata.name=NAME.
         words.append(record.name)
+        if query.get("fieldSelector", [""])[-1] == f"metadata.name={record.name}":
+            del query["fieldSelector"]
+    elif record.verb == "get":
+        return decline("a get without a name")
     elif not record.namespace:
         words.append("--all-namespaces")
     if "labelSelector" in query:
@@ -180,6 +192,25 @@ def _read(record: Record) -> list[str]:
     if record.verb == "watch" or query.get("watch", [""])[-1] in ("true", "1"):
         words.append("--watch")
     return [_line(_kubectl(record, *words), record, dry_run_flag=False)]
+
+
+def _log_flags(query: dict[str, list[str]]) -> list[str]:
+    flags = []
+    if "container" in query:
+        flags += ["-c", query["container"][-1]]
+    for key, flag in (
+        ("follow", "--follow"),
+        ("previous", "--previous"),
+        ("timestamps", "--timestamps"),
+    ):
+        if query.get(key, [""])[-1] == "true":
+            flags.append(flag)
+    for key, flag in (("tailLines", "--tail"), ("limitBytes", "--limit-bytes")):
+        if key in query:
+            flags.append(f"{flag}={query[key][-1]}")
+    if "sinceSeconds" in query:
+        flags.append(f"--since={query['sinceSeconds'][-1]}s")
+    return flags
 
 
 def _delete(record: Record) -> list[str]:
