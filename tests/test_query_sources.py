@@ -70,6 +70,8 @@ def test_given_files_and_stdin() -> None:
     assert len(both.stdout.splitlines()) == 1 + 8 + 8
     piped = query("--file", "-", "-o", "json", stdin=ACTIVE.read_bytes())
     assert piped.code == 0 and piped.stdout.encode() == ACTIVE.read_bytes()
+    broken = query("--file", "-", stdin=record("a") + b"{torn\n")
+    assert broken.stderr.startswith("kube-audit-rest: warning: <stdin>:2: not valid JSON")
 
 
 def test_a_malformed_line_is_reported_once_and_skipped(tmp_path: Path) -> None:

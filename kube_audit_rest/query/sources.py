@@ -25,7 +25,7 @@ POLL_SECONDS = 0.2
 class Line(NamedTuple):
     """One line of input (a tuple: millions are made per query)."""
 
-    label: str  # the file name warnings show, or "-" for stdin
+    label: str  # the file name warnings show, or "<stdin>"
     number: int
     raw: bytes
 
@@ -49,7 +49,7 @@ def default_inputs(active: str) -> list[str]:
 
 def read_file(path: str, label: str | None = None) -> Iterator[Line]:
     """Every line of a file (or ``-``: stdin), the last one even without a newline."""
-    shown = label or path
+    shown = label or ("<stdin>" if path == "-" else path)
     if path == "-":
         for number, raw in enumerate(sys.stdin.buffer, 1):
             yield Line(shown, number, raw)
