@@ -186,6 +186,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("kube_audit_rest.render_cli", "print every manifest for kubectl apply -f -"),
     "install": ("kube_audit_rest.install_cli", "apply render's objects; the webhook once ready"),
     "uninstall": ("kube_audit_rest.uninstall_cli", "delete what install applied, webhook first"),
+    "query": ("kube_audit_rest.query.cli", "search the log: who changed what, diffs, kubectl"),
 }
 
 
