@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
-from kube_audit_rest.metrics import Metrics
+from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.record_pipeline import RecordPipeline, default_pipeline
 from kube_audit_rest.review import InvalidReview, build_response, parse_review
 from kube_audit_rest.sink import Sink, SinkError
@@ -66,6 +66,7 @@ class Webhook:
         max_request_bytes: int,
         clock: Callable[[], int] = time.time_ns,
         records: RecordPipeline | None = None,
+        counters: CounterBatch | None = None,
     ) -> None:
         self.sink = sink
         # Redaction and the audit policy: what of a valid review is written.
@@ -73,6 +74,7 @@ class Webhook:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self._clock = clock
+        self.counters = counters or CounterBatch()
         self._too_large = error(413, f"request body is larger than {max_request_bytes} bytes")
         # Children of labelled metrics, looked up once instead of per request.
         self._by_status = {
@@ -89,7 +91,7 @@ class Webhook:
 
     def too_large(self) -> Answer:
         """The 413 for a body over the limit; counted like any webhook answer."""
-        self.metrics.http_requests.inc()
+        self.counters.inc(self.metrics.http_requests)
         self._count(self._too_large.status)
         return self._too_large
 
@@ -97,18 +99,17 @@ class Webhook:
         """Validate, record and allow one AdmissionReview."""
         started = time.perf_counter()
         received_ns = self._clock()
-        metrics = self.metrics
-        metrics.http_requests.inc()
+        self.counters.inc(self.metrics.http_requests)
         answer = self._handle(content_type, body, received_ns)
         self._count(answer.status)
-        metrics.request_duration.observe(time.perf_counter() - started)
+        self.metrics.request_duration.observe(time.perf_counter() - started)
         return answer
 
     def _count(self, status: int) -> None:
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self.metrics.responses.labels(str(status))
-        child.inc()
+        self.counters.inc(child)
 
     def _handle(self, content_type: bytes | None, body: bytes, received_ns: int) -> Answer:
         if len(body) > self.max_request_bytes:
@@ -128,8 +129,9 @@ class Webhook:
             self.metrics.write_failures.inc()
             _log.error("audit record not written; answered 500", error=str(failure), uid=review.uid)
             return error(500, "the audit record could not be written")
-        self.metrics.valid_requests.inc()
-        self.metrics.written_bytes.inc(len(record))
+        counters = self.counters
+        counters.inc(self.metrics.valid_requests)
+        counters.inc(self.metrics.written_bytes, len(record))
         if result.rotated:
             self.metrics.rotations.inc()
         return Answer(200, build_response(review))

@@ -60,9 +60,13 @@ def serve(worker: Any, context: WorkerContext) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     server = _Server(worker, context, loop)
+    counters = context.webhook.counters
+    counters.schedule = loop.call_soon
     try:
         loop.run_until_complete(server.serve())
     finally:
+        counters.schedule = None
+        counters.flush()
         server.close()
         loop.close()
 

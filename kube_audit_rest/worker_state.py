@@ -8,7 +8,7 @@ in each process it forks, and counts in each one's memory).
 from __future__ import annotations
 
 from kube_audit_rest.config import Settings
-from kube_audit_rest.metrics import Metrics
+from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.record_pipeline import worker_pipeline
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
@@ -35,7 +35,9 @@ class WorkerState:
             settings.cert_filename, settings.cert_key_filename, events, runtime_dir
         )
         self.certificates.watch(settings.cert_reload_interval)
-        self.records = worker_pipeline(settings, self.metrics)
+        # Per-request counters, flushed once per event-loop iteration (worker_loop).
+        self.counters = CounterBatch()
+        self.records = worker_pipeline(settings, self.metrics, self.counters)
         self.sink: Sink
         if settings.audit_to_std_log:
             self.sink = StdoutSink(lock_path)
@@ -52,7 +54,11 @@ class WorkerState:
         settings = self.settings
         return WorkerContext(
             webhook=Webhook(
-                self.sink, self.metrics, settings.max_request_bytes, records=self.records
+                self.sink,
+                self.metrics,
+                settings.max_request_bytes,
+                records=self.records,
+                counters=self.counters,
             ),
             certificates=self.certificates,
             events=self.events,
