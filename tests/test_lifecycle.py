@@ -273,3 +273,20 @@ def test_no_log_level_prints_request_bodies(start: StartServer, verbose: bool) -
     stderr = server.stderr()
     assert "audit record not written" in stderr
     assert secret not in stderr
+
+
+def test_a_hang_up_sent_to_every_process_ends_none_of_them(start: StartServer) -> None:
+    """SIGHUP to the whole tree (a terminal hang-up) only re-reads the privacy files."""
+    server = start("--workers=2")
+    master = server.process.pid
+    children_file = f"/proc/{master}/task/{master}/children"
+    before = sorted(int(pid) for pid in Path(children_file).read_text().split())
+    assert len(before) == 3, "two workers and the metrics process"
+    for pid in [master, *before]:
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert server.process.poll() is None
+    assert sorted(int(pid) for pid in Path(children_file).read_text().split()) == before
+    assert server.post(review("after-hang-up")).status == 200
+    assert server.metrics()["kube_audit_rest_valid_requests_processed_total"] == 1
+    assert [record["request"]["uid"] for record in server.records()] == ["after-hang-up"]
