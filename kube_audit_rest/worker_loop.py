@@ -104,6 +104,9 @@ class _Server:
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # log reopening: nothing to reopen
         loop.add_signal_handler(signal.SIGHUP, self.context.webhook.records.reload_soon)
         loop.set_exception_handler(_exception_handler)
+        if not self.worker.alive:
+            # gunicorn's own handler caught a stop signal before ours were set.
+            self.stop()
         for listener in self.listeners:
             listener.setblocking(False)
         self._resume_accepting()
