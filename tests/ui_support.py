@@ -199,26 +199,14 @@ def postgres_server() -> Iterator[Postgres]:
     if as_user:
         shutil.chown(folder, "postgres", "postgres")
     port = free_port()
-    run = {"capture_output": True, "timeout": 120, "check": True}
-    subprocess.run(
-        [*as_user, str(initdb), "-D", str(data), "-U", "kar", "--auth=trust", "-E", "UTF8"], **run
-    )
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], capture_output=True, timeout=120, check=True)
+
+    run(str(initdb), "-D", str(data), "-U", "kar", "--auth=trust", "-E", "UTF8")
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [
-            *as_user,
-            str(pg_ctl),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-w",
-            "-l",
-            str(folder / "log"),
-            "start",
-        ],
-        **run,
-    )
+    pg_log = str(folder / "log")
+    run(str(pg_ctl), "-D", str(data), "-o", options, "-w", "-l", pg_log, "start")
     try:
         yield Postgres(f"postgresql://kar@127.0.0.1:{port}/postgres")
     finally:
