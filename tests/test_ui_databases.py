@@ -29,8 +29,8 @@ from tests.support import CLI
 from tests.ui_support import Ui, lines, postgres_server, run_indexer, running_ui, stop, wait_for
 
 ROW = re.compile(
-    r'<tr><td><a class="record-link" href="/record/(\d+)">(.*?)</a></td>'
-    + r"<td>(.*?)</td>" * 6
+    r'<tr><td class="nowrap"><a class="record-link" href="/record/(\d+)">(.*?)</a></td>'
+    + r"<td[^>]*>(.*?)</td>" * 6
     + r"</tr>"
 )
 OLDER = re.compile(r'<a href="([^"]*)" id="older">')
