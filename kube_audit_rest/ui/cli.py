@@ -28,6 +28,7 @@ from kube_audit_rest.subparser import SubcommandParser
 _LOGGER_FILENAME = next(o for o in OPTIONS if o.name == "logger_filename")
 DEFAULT_INDEX_DIR = "kube-audit-rest-index"
 DEFAULT_PORT = 8080
+DB_URL_ENV = "KUBE_AUDIT_REST_UI_DB_URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--db-url",
-        default=None,
+        default=os.environ.get(DB_URL_ENV) or None,
         metavar="URL",
-        help="postgresql://user:password@host/db: index in PostgreSQL instead of SQLite",
+        help="postgresql://user:password@host/db: index in PostgreSQL instead of SQLite "
+        f"(or ${DB_URL_ENV}, which keeps the password out of the process list)",
     )
     add(
         "--retention",
