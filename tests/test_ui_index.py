@@ -144,3 +144,58 @@ def test_retention_keeps_only_recent_records_and_bad_lines_are_skipped(tmp_path:
         stop(indexer)
     assert _uids(index) == ["uid-0", "uid-1"]
     assert "skipped a line that is not a record" in errors.read_text()
+
+
+def test_retention_also_deletes_records_indexed_before(tmp_path: Path) -> None:
+    log, index = tmp_path / "kube-audit-rest.log", tmp_path / "index"
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    log.write_bytes(lines(0, 50) + line("uid-new", stamp=recent))  # lines(): November 2026
+    indexer = run_indexer(ui_command(log, index, "--poll", "0.05"))
+    try:
+        wait_for(lambda: len(_uids(index)) == 51)
+    finally:
+        stop(indexer)
+    indexer = run_indexer(ui_command(log, index, "--retention", "1h", "--poll", "0.05"))
+    try:
+        wait_for(lambda: _uids(index) == ["uid-new"])
+    finally:
+        stop(indexer)
+
+
+def test_the_indexer_child_ends_when_the_ui_is_killed(tmp_path: Path) -> None:
+    from tests.ui_support import running_ui
+
+    log, index = tmp_path / "kube-audit-rest.log", tmp_path / "index"
+    log.write_bytes(lines(0, 10))
+    with running_ui(ui_command(log, index)) as ui:
+        wait_for(lambda: len(_uids(index)) == 10)
+        children = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _parent(p) == ui.process.pid and b"--index-only" in _cmd(p)
+        ]
+        assert len(children) == 1
+        ui.process.send_signal(signal.SIGKILL)
+        ui.process.wait(timeout=10)
+        wait_for(lambda: not Path(f"/proc/{children[0]}").exists() or _zombie(children[0]), 15)
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmd(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

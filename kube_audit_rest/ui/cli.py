@@ -29,6 +29,7 @@ _LOGGER_FILENAME = next(o for o in OPTIONS if o.name == "logger_filename")
 DEFAULT_INDEX_DIR = "kube-audit-rest-index"
 DEFAULT_PORT = 8080
 DB_URL_ENV = "KUBE_AUDIT_REST_UI_DB_URL"
+_PARENT_ENV = "KUBE_AUDIT_REST_UI_PARENT"  # set for the indexer child of `ui`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +188,9 @@ def index_only(settings: UiSettings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and parent.isdigit():
+        threading.Thread(target=_stop_when_orphaned, args=(int(parent), stop), daemon=True).start()
     engine = db.open_engine(settings.url)
     indexer = Indexer(
         engine, settings.active, retention_ns=settings.retention_ns, batch_size=settings.batch_size
@@ -201,10 +205,18 @@ def index_only(settings: UiSettings) -> int:
     return 0
 
 
+def _stop_when_orphaned(parent: int, stop: threading.Event) -> None:
+    """The indexer child of a ``ui`` that was killed (SIGKILL, OOM) ends too."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
+
+
 def _start_indexer(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "kube_audit_rest", "ui", *argv, "--index-only"],
         stdin=subprocess.DEVNULL,
+        env={**os.environ, _PARENT_ENV: str(os.getpid())},
     )
 
 
