@@ -12,13 +12,15 @@ import json
 import os
 import resource
 import ssl
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import Server, client_context
+from tests.support import Server, client_context, review
 
 
 def children(pid: int) -> list[int]:
@@ -232,3 +234,92 @@ class AsyncClient:
 
 
 CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
+
+
+# --------------------------------------------------------------------------- open-loop traffic
+
+
+@dataclass
+class Traffic:
+    latencies: list[float]
+    acked: list[str]
+    errors: list[str]
+
+
+async def open_loop(
+    port: int, ca_path: Path, rate: int, seconds: float, connections: int, prefix: str
+) -> Traffic:
+    """Request i is due at t0 + i / rate; its latency counts from that due time."""
+    context = client_context(ca_path)
+    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+    result = Traffic([], [], [])
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        while (job := await queue.get()) is not None:
+            uid, due = job
+            try:
+                writer.write(request_bytes(review(uid), port))
+                await writer.drain()
+                status, _, answer = await asyncio.wait_for(read_response(reader), 10)
+            except CLIENT_ERRORS as error:
+                result.errors.append(f"{uid}: {error!r}")
+                writer.close()
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=context, server_hostname="localhost"
+                )
+                continue
+            result.latencies.append(time.monotonic() - due)
+            if status == 200 and uid.encode() in answer:
+                result.acked.append(uid)
+            else:
+                result.errors.append(f"{uid}: {status}")
+        writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    await asyncio.sleep(0.5)  # connected before the clock starts
+    t0 = time.monotonic()
+    for i in range(int(rate * seconds)):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((f"{prefix}-{i}", due))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return result
+
+
+def traffic_process(
+    server: Server, rate: int, seconds: float, connections: int, prefix: str
+) -> subprocess.Popen[bytes]:
+    """Open-loop traffic from its own process, so a flood in the test's loop cannot delay it."""
+    argv = [sys.executable, "-m", "tests.reliability_support", str(server.port)]
+    argv += [str(server.ca_path), str(rate), str(seconds), str(connections), prefix]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+
+
+def traffic_result(process: subprocess.Popen[bytes], timeout: float) -> Traffic:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-2000:]
+    data = json.loads(out)
+    return Traffic(data["latencies"], data["acked"], data["errors"])
+
+
+def _main(argv: list[str]) -> int:
+    port, ca, rate, seconds, connections, prefix = argv
+    result = asyncio.run(
+        open_loop(int(port), Path(ca), int(rate), float(seconds), int(connections), prefix)
+    )
+    json.dump(
+        {"latencies": result.latencies, "acked": result.acked, "errors": result.errors},
+        sys.stdout,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
