@@ -42,6 +42,7 @@ from tests.reliability_support import (
     server_pids,
     traffic_process,
     traffic_result,
+    wait_for_workers,
 )
 from tests.support import Server, client_context, review
 
@@ -143,7 +144,7 @@ def test_idle_and_slowloris_floods_do_not_hurt_real_traffic_and_are_cleaned_up(
     server = start(
         "--workers=2", f"--idle-timeout={IDLE_TIMEOUT:g}", f"--read-timeout={READ_TIMEOUT:g}"
     )
-    pids_before = server_pids(server)
+    pids_before = [server.process.pid, *wait_for_workers(server, 2)]
     # Warm up (first connections, first records) before taking the baseline.
     warm = [server.connection() for _ in range(4)]
     for n in range(40):

@@ -65,7 +65,7 @@ async def _client(
             acked.append(uid)
         else:
             failed.append(uid)
-    client.close()
+    await client.aclose()
 
 
 async def _killer(server: Server, stop: asyncio.Event, killed: list[int]) -> None:
