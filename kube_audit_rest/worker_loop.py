@@ -20,6 +20,7 @@ import uvloop
 
 from kube_audit_rest.balance import ConnectionShare
 from kube_audit_rest.http_server import Connection, ConnectionLimits
+from kube_audit_rest.memory import HeapTrimmer
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
 from kube_audit_rest.webhook import Webhook
 
@@ -93,6 +94,7 @@ class _Server:
         shortest = min(timeouts.read, timeouts.write, context.idle_timeout)
         self.sweep_interval = min(0.5, max(0.05, shortest / 10))
         self._deferred = False
+        self.trimmer = HeapTrimmer()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class _Server:
 
     def _connection_gone(self) -> None:
         self.share.closed()
+        self.trimmer.closed()
         if len(self.connections) + self.handshaking < self.context.max_connections:
             self._resume_accepting()
 
@@ -238,6 +241,7 @@ class _Server:
             now = time.monotonic()
             for connection in list(self.connections):
                 connection.check(now)
+            self.trimmer.maybe_trim(now)
             if now >= next_beat:
                 next_beat = now + _HEARTBEAT_SECONDS
                 worker.notify()
