@@ -26,6 +26,7 @@ from typing import cast
 import httptools
 import structlog
 
+from kube_audit_rest.memory import LARGE_BODY_BYTES
 from kube_audit_rest.webhook import Answer, Webhook, error
 
 _log = structlog.get_logger("kube_audit_rest.http")
@@ -92,6 +93,10 @@ class ConnectionLimits:
 
 class Connection(asyncio.Protocol):
     """One client connection: parser state, the current deadline, its answers."""
+
+    # Requests with a body of LARGE_BODY_BYTES or more, in this process: the
+    # worker's sweep trims the heap after them (memory.HeapTrimmer).
+    large_bodies = 0
 
     def __init__(
         self,
@@ -214,6 +219,8 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         answer = self._early_answer
         if answer is None:
+            if self._body_size >= LARGE_BODY_BYTES:
+                Connection.large_bodies += 1
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             answer = self.webhook.log_request(self._content_type, body)
         keep_alive = self._parser.should_keep_alive() and not self._shutting_down

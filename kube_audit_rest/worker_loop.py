@@ -95,6 +95,7 @@ class _Server:
         self.sweep_interval = min(0.5, max(0.05, shortest / 10))
         self._deferred = False
         self.trimmer = HeapTrimmer()
+        self._large_bodies = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -241,6 +242,9 @@ class _Server:
             now = time.monotonic()
             for connection in list(self.connections):
                 connection.check(now)
+            if Connection.large_bodies != self._large_bodies:
+                self._large_bodies = Connection.large_bodies
+                self.trimmer.large_body()
             self.trimmer.maybe_trim(now)
             if now >= next_beat:
                 next_beat = now + _HEARTBEAT_SECONDS
