@@ -314,3 +314,20 @@ def test_schema_check_rejects_wrong_shapes() -> None:
         check_event_schema({**event, "stageTimestamp": "2025-12-02T04:33:20Z"})
     with pytest.raises(AssertionError):
         check_event_schema({**event, "objectRef": {"resource": 3}})
+
+
+def test_cluster_name_goes_just_before_the_timestamp_in_admission_lines() -> None:
+    ns = 1_764_650_000_123_456_789
+    stamp = b'"requestReceivedTimestamp":"2025-12-02T04:33:20.123456789Z"}\n'
+    plain = RecordPipeline(FixedConfig(Sources().load()))
+    clustered = RecordPipeline(FixedConfig(Sources().load()), output=Output("prod", False))
+    body = b'{"request": {"uid": "a", "x": 1.0e0}}'
+    assert plain.process(body, json.loads(body), ns) == b'{"request":{"uid":"a","x":1.0e0},' + stamp
+    assert clustered.process(body, json.loads(body), ns) == (
+        b'{"request":{"uid":"a","x":1.0e0},"cluster":"prod",' + stamp
+    )
+    # A body with its own timestamp or cluster is re-encoded: ours replace them, timestamp last.
+    body = b'{"requestReceivedTimestamp":"x","cluster":"other","request":{"uid":"a"}}'
+    assert clustered.process(body, json.loads(body), ns) == (
+        b'{"request":{"uid":"a"},"cluster":"prod",' + stamp
+    )
