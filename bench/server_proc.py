@@ -199,8 +199,11 @@ class Server:
             return self.process.wait()
 
 
-def start_server(work_dir: Path, log_dir: Path) -> Server:
-    """The CLI with --self-signed (cert in work_dir), default workers, file output."""
+def start_server(work_dir: Path, log_dir: Path, extra: list[str] | None = None) -> Server:
+    """The CLI with --self-signed (cert in work_dir), default workers, file output.
+
+    ``extra`` flags are appended (the soak sets ``--logger-max-size``).
+    """
     port, metrics_port = free_port(), free_port()
     argv = [
         CLI,
@@ -213,6 +216,7 @@ def start_server(work_dir: Path, log_dir: Path) -> Server:
         # Keep every rotated file so the loss check sees all records (the large
         # step writes more than the default 500 MB before rotating).
         "--logger-max-backups=0",
+        *(extra or []),
     ]
     stderr_path = log_dir.parent / f"{log_dir.name}-stderr.txt"
     with open(stderr_path, "wb") as err:

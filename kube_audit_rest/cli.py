@@ -201,6 +201,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "install": ("kube_audit_rest.install_cli", "apply render's objects; the webhook once ready"),
     "uninstall": ("kube_audit_rest.uninstall_cli", "delete what install applied, webhook first"),
     "query": ("kube_audit_rest.query.cli", "search the log: who changed what, diffs, kubectl"),
+    "ui": ("kube_audit_rest.ui.cli", "read-only web UI over an index of the log"),
 }
 
 

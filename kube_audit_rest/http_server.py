@@ -159,6 +159,12 @@ class Connection(asyncio.Protocol):
         self.state = _CLOSING
         self.lost = True
         self.transport = None
+        # The parser holds bound methods of this connection: a reference cycle
+        # that only the cyclic GC would free, which in a worker with few
+        # allocations runs rarely, so each closed connection's memory (~30 KiB
+        # with its TLS state) stayed resident. Dropping the parser frees it now.
+        # Nothing reads it after this (data_received returns early on _CLOSING).
+        del self._parser
         self._on_close(self)
 
     def pause_writing(self) -> None:

@@ -69,6 +69,8 @@ class RenderOptions:
     logger_max_size: int = 500
     logger_max_backups: int = 1
     cert_dir: str | None = None
+    # The read-only web UI as a sidecar in each pod, plus its Service (README "Web UI").
+    ui: bool = False
 
     @property
     def secret_name(self) -> str:
@@ -176,6 +178,81 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+UI_PORT = 8080
+UI_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+UI_INDEX_DIR = "/var/lib/kube-audit-rest-ui"
+UI_RESOURCES = {
+    "requests": {"cpu": "50m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "256Mi"},
+}
+
+
+def ui_container(options: RenderOptions) -> dict[str, Any]:
+    """The UI sidecar: the same image, the log volume read-only, 127.0.0.1 only.
+
+    A sidecar, because the log is an emptyDir of each pod: only a container in
+    the same pod can read it. It listens on the pod's loopback, so nothing in
+    the cluster network reaches it; ``kubectl port-forward`` (which connects
+    inside the pod) does.
+    """
+    return {
+        "name": "ui",
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "args": [
+            "ui",
+            f"--logger-filename={LOG_FILE}",
+            f"--index-dir={UI_INDEX_DIR}",
+            "--address=127.0.0.1",
+            f"--port={UI_PORT}",
+        ],
+        "env": [{"name": "TMPDIR", "value": TMP_DIR}],
+        "ports": [{"name": "ui", "containerPort": UI_PORT, "protocol": "TCP"}],
+        "resources": {key: dict(value) for key, value in UI_RESOURCES.items()},
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "logs", "mountPath": LOG_DIR, "readOnly": True},
+            {"name": "ui-index", "mountPath": UI_INDEX_DIR},
+            {"name": "ui-tmp", "mountPath": TMP_DIR},
+        ],
+    }
+
+
+def ui_volumes(options: RenderOptions) -> list[dict[str, Any]]:
+    return [
+        # The SQLite index: rebuilt from the log if the pod restarts elsewhere.
+        {"name": "ui-index", "emptyDir": {"sizeLimit": f"{options.log_volume_mib * 2}Mi"}},
+        {"name": "ui-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+    ]
+
+
+def ui_service(options: RenderOptions) -> dict[str, Any]:
+    """A stable name for ``kubectl port-forward svc/NAME-ui 8080``; the UI is on loopback."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(options, f"{options.name}-ui"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(options),
+            "ports": [{"name": "ui", "port": UI_PORT, "targetPort": "ui", "protocol": "TCP"}],
+        },
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def deployment(options: RenderOptions) -> dict[str, Any]:
     container = {
         "name": APP,
@@ -191,16 +268,7 @@ def deployment(options: RenderOptions) -> dict[str, Any]:
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
         "resources": {key: dict(value) for key, value in RESOURCES.items()},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
             {"name": "logs", "mountPath": LOG_DIR},
@@ -242,6 +310,12 @@ def deployment(options: RenderOptions) -> dict[str, Any]:
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE_LIMIT}},
         ],
     }
+    template_metadata: dict[str, Any] = {"labels": labels(options)}
+    if options.ui:
+        pod_spec["containers"].append(ui_container(options))
+        pod_spec["volumes"].extend(ui_volumes(options))
+        # kubectl logs/exec without -c keep meaning the webhook container.
+        template_metadata["annotations"] = {UI_DEFAULT_CONTAINER: APP}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -254,7 +328,7 @@ def deployment(options: RenderOptions) -> dict[str, Any]:
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
-            "template": {"metadata": {"labels": labels(options)}, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
 
@@ -335,6 +409,7 @@ def build_manifests(
         namespace(options),
         secret(options, ca_pem, cert_pem, key_pem),
         service(options),
+        *([ui_service(options)] if options.ui else []),
         deployment(options),
         pod_disruption_budget(options),
     ]
@@ -508,6 +583,12 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {d.logger_max_backups})",
     )
     add(
+        "--ui",
+        action="store_true",
+        help="also the read-only web UI: a sidecar in each pod reading the log volume, on the "
+        "pod's 127.0.0.1:8080, and a Service NAME-ui for kubectl port-forward",
+    )
+    add(
         "--cert-dir",
         default=None,
         metavar="DIR",
@@ -533,6 +614,7 @@ def options_from_args(args: argparse.Namespace) -> RenderOptions:
         logger_max_size=args.logger_max_size,
         logger_max_backups=args.logger_max_backups,
         cert_dir=args.cert_dir,
+        ui=args.ui,
     )
 
 

@@ -10,7 +10,9 @@ created at import time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -191,3 +193,40 @@ def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
     return registry
+
+
+class CounterBatch:
+    """Counter increments gathered in the process, added to the shared files in one go.
+
+    Each ``inc`` of a multiprocess counter takes a lock, checks the pid and
+    writes the memory-mapped file; a request touches five counters. Here an
+    increment is a dict update, and ``flush`` adds each counter's total once.
+    With ``schedule`` set to the event loop's ``call_soon``, the flush runs right
+    after the callbacks of the current loop iteration, that is within
+    microseconds of the response, and under load once for many requests.
+    Without it, every increment is written at once.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Any, float] = {}
+        self._scheduled = False
+        self.schedule: Callable[[Callable[[], None]], object] | None = None
+
+    def inc(self, counter: Any, amount: float = 1) -> None:
+        """Add *amount* to *counter* (a Counter or a labelled child)."""
+        pending = self._pending
+        pending[counter] = pending.get(counter, 0) + amount
+        if self._scheduled:
+            return
+        if self.schedule is None:
+            self.flush()
+        else:
+            self._scheduled = True
+            self.schedule(self.flush)
+
+    def flush(self) -> None:
+        """Write every pending increment to the shared files."""
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for counter, amount in pending.items():
+            counter.inc(amount)

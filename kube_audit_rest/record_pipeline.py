@@ -31,7 +31,7 @@ import orjson
 
 from kube_audit_rest import audit_event, privacy_config
 from kube_audit_rest.config import Settings
-from kube_audit_rest.metrics import Metrics
+from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.policy import Level, attributes
 from kube_audit_rest.privacy_config import ConfigStore, PrivacyConfig, Sources
 from kube_audit_rest.redaction import Encoder, Path, Redactor
@@ -197,8 +197,11 @@ def default_pipeline() -> RecordPipeline:
     return RecordPipeline(FixedConfig(Sources().load()))
 
 
-def worker_pipeline(settings: Settings, metrics: Metrics) -> RecordPipeline:
+def worker_pipeline(
+    settings: Settings, metrics: Metrics, counters: CounterBatch | None = None
+) -> RecordPipeline:
     """A worker's pipeline: its configuration watched for changes, its events counted."""
+    batch = counters or CounterBatch()
     store = ConfigStore(
         Sources.from_settings(settings),
         metrics.config_reload_failures.inc,
@@ -207,7 +210,7 @@ def worker_pipeline(settings: Settings, metrics: Metrics) -> RecordPipeline:
     if store.watched:
         store.watch(settings.config_reload_interval)
     events = PipelineEvents(
-        received=metrics.received_bytes.inc,
+        received=lambda size: batch.inc(metrics.received_bytes, size),
         dropped=lambda reason, rule: metrics.dropped_records.labels(reason, rule).inc(),
         redacted=metrics.redacted_records.inc,
     )

@@ -113,6 +113,14 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     # --- hooks -----------------------------------------------------------------
 
     def _post_fork(self, _arbiter: Any, worker: Any) -> None:
+        # Until the worker's loop handles them, a stop signal must stop it: the
+        # handlers inherited from the master would only queue the signal in the
+        # master's (copied) state, and the master would wait out the whole
+        # graceful timeout for a worker that never heard it. Nothing is in
+        # flight yet, so ending at once loses nothing.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # Imported after the fork: the master never needs the request path.
         from kube_audit_rest.worker_state import WorkerState
 

@@ -22,7 +22,7 @@ from kube_audit_rest import native
 from kube_audit_rest.auth import Authenticator
 from kube_audit_rest.config import CLUSTER_NAME
 from kube_audit_rest.eventlist import InvalidEventList, parse_event_list
-from kube_audit_rest.metrics import ClusterLabels, Metrics
+from kube_audit_rest.metrics import ClusterLabels, CounterBatch, Metrics
 from kube_audit_rest.record_pipeline import RecordPipeline, default_pipeline
 from kube_audit_rest.review import (
     InvalidReview,
@@ -106,6 +106,7 @@ class Webhook:
         records: RecordPipeline | None = None,
         auth: Authenticator | None = None,
         cluster: str | None = None,
+        counters: CounterBatch | None = None,
     ) -> None:
         self.sink = sink
         # None: no authentication (the default); http_server checks this attribute.
@@ -117,6 +118,7 @@ class Webhook:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self._clock = clock
+        self.counters = counters or CounterBatch()
         self._too_large = error(413, f"request body is larger than {max_request_bytes} bytes")
         # Children of labelled metrics, looked up once instead of per request.
         self._by_status = {
@@ -153,7 +155,7 @@ class Webhook:
         endpoint = endpoint_of(path)
         self.metrics.unauthenticated_requests.labels(endpoint).inc()
         if endpoint == LOG_REQUEST_ENDPOINT:
-            self.metrics.http_requests.inc()
+            self.counters.inc(self.metrics.http_requests)
             self._count(UNAUTHENTICATED.status)
         else:
             self._count_audit(UNAUTHENTICATED.status)
@@ -164,7 +166,7 @@ class Webhook:
         if path != LOG_REQUEST_PATH:
             self._count_audit(self._too_large.status)
             return self._too_large
-        self.metrics.http_requests.inc()
+        self.counters.inc(self.metrics.http_requests)
         self._count(self._too_large.status)
         return self._too_large
 
@@ -178,11 +180,10 @@ class Webhook:
         """Validate, record and allow one AdmissionReview."""
         started = time.perf_counter()
         received_ns = self._clock()
-        metrics = self.metrics
-        metrics.http_requests.inc()
+        self.counters.inc(self.metrics.http_requests)
         answer = self._handle(content_type, body, received_ns)
         self._count(answer.status)
-        metrics.request_duration.observe(time.perf_counter() - started)
+        self.metrics.request_duration.observe(time.perf_counter() - started)
         return answer
 
     def _count(self, status: int) -> None:
@@ -192,8 +193,8 @@ class Webhook:
                 self.metrics.responses.labels(str(status)),
                 self.metrics.endpoint_responses.labels(LOG_REQUEST_ENDPOINT, str(status)),
             )
-        children[0].inc()
-        children[1].inc()
+        self.counters.inc(children[0])
+        self.counters.inc(children[1])
 
     def _count_audit(self, status: int) -> None:
         self.metrics.endpoint_responses.labels(AUDIT_WEBHOOK_ENDPOINT, str(status)).inc()
@@ -216,8 +217,9 @@ class Webhook:
             self.metrics.write_failures.inc()
             _log.error("audit record not written; answered 500", error=str(failure), uid=review.uid)
             return error(500, "the audit record could not be written")
-        self.metrics.valid_requests.inc()
-        self.metrics.written_bytes.inc(len(record))
+        counters = self.counters
+        counters.inc(self.metrics.valid_requests)
+        counters.inc(self.metrics.written_bytes, len(record))
         if result.rotated:
             self.metrics.rotations.inc()
         return Answer(200, build_response(review))

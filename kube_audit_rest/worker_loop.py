@@ -7,6 +7,7 @@ how workers share the connections of one listening socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import uvloop
 
 from kube_audit_rest.balance import ConnectionShare
 from kube_audit_rest.http_server import Connection, ConnectionLimits
+from kube_audit_rest.memory import HeapTrimmer
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
 from kube_audit_rest.webhook import Webhook
 
@@ -57,12 +59,21 @@ class WorkerContext:
 
 def serve(worker: Any, context: WorkerContext) -> None:
     """Run the worker's loop until a graceful stop has drained its connections."""
+    # Everything built so far (modules, the certificate store, the policy) lives
+    # as long as the worker: move it out of the collector's sight, so that
+    # collections triggered by request garbage do not walk it again each time.
+    gc.collect()
+    gc.freeze()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     server = _Server(worker, context, loop)
+    counters = context.webhook.counters
+    counters.schedule = loop.call_soon
     try:
         loop.run_until_complete(server.serve())
     finally:
+        counters.schedule = None
+        counters.flush()
         server.close()
         loop.close()
 
@@ -83,6 +94,7 @@ class _Server:
         shortest = min(timeouts.read, timeouts.write, context.idle_timeout)
         self.sweep_interval = min(0.5, max(0.05, shortest / 10))
         self._deferred = False
+        self.trimmer = HeapTrimmer()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -94,6 +106,9 @@ class _Server:
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # log reopening: nothing to reopen
         loop.add_signal_handler(signal.SIGHUP, self.context.webhook.records.reload_soon)
         loop.set_exception_handler(_exception_handler)
+        if not self.worker.alive:
+            # gunicorn's own handler caught a stop signal before ours were set.
+            self.stop()
         for listener in self.listeners:
             listener.setblocking(False)
         self._resume_accepting()
@@ -213,6 +228,7 @@ class _Server:
 
     def _connection_gone(self) -> None:
         self.share.closed()
+        self.trimmer.closed()
         if len(self.connections) + self.handshaking < self.context.max_connections:
             self._resume_accepting()
 
@@ -225,6 +241,7 @@ class _Server:
             now = time.monotonic()
             for connection in list(self.connections):
                 connection.check(now)
+            self.trimmer.maybe_trim(now)
             if now >= next_beat:
                 next_beat = now + _HEARTBEAT_SECONDS
                 worker.notify()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kube_audit_rest.auth import Authenticator, TokenFile
 from kube_audit_rest.config import Settings
-from kube_audit_rest.metrics import Metrics
+from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.record_pipeline import worker_pipeline
 from kube_audit_rest.sink import FileSink, Sink, StdoutSink
 from kube_audit_rest.tls import CertificateStore, Timeouts, TlsEvents
@@ -40,7 +40,9 @@ class WorkerState:
             client_ca=settings.client_ca_file,
         )
         self.certificates.watch(settings.cert_reload_interval)
-        self.records = worker_pipeline(settings, self.metrics)
+        # Per-request counters, flushed once per event-loop iteration (worker_loop).
+        self.counters = CounterBatch()
+        self.records = worker_pipeline(settings, self.metrics, self.counters)
         self.auth: Authenticator | None = None
         if settings.webhook_token_file or settings.client_ca_file:
             token = None
@@ -73,6 +75,7 @@ class WorkerState:
                 records=self.records,
                 auth=self.auth,
                 cluster=settings.cluster_name,
+                counters=self.counters,
             ),
             certificates=self.certificates,
             events=self.events,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartServer
-from tests.support import CLI, Pair, Server, free_port, make_pair, review
+from tests.support import CLI, Pair, Server, free_port, make_pair, review, start_server
 
 BACKUP_NAME = re.compile(r"audit-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{3}\.log")
 
@@ -273,3 +273,37 @@ def test_no_log_level_prints_request_bodies(start: StartServer, verbose: bool) -
     stderr = server.stderr()
     assert "audit record not written" in stderr
     assert secret not in stderr
+
+
+def test_a_hang_up_sent_to_every_process_ends_none_of_them(start: StartServer) -> None:
+    """SIGHUP to the whole tree (a terminal hang-up) only re-reads the privacy files."""
+    server = start("--workers=2")
+    master = server.process.pid
+    children_file = f"/proc/{master}/task/{master}/children"
+    before = sorted(int(pid) for pid in Path(children_file).read_text().split())
+    assert len(before) == 3, "two workers and the metrics process"
+    for pid in [master, *before]:
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert server.process.poll() is None
+    assert sorted(int(pid) for pid in Path(children_file).read_text().split()) == before
+    assert server.post(review("after-hang-up")).status == 200
+    assert server.metrics()["kube_audit_rest_valid_requests_processed_total"] == 1
+    assert [record["request"]["uid"] for record in server.records()] == ["after-hang-up"]
+
+
+def test_sigterm_while_workers_boot_stops_at_once(tmp_path: Path, pair: Pair) -> None:
+    """A stop signal that reaches a worker before its loop runs ends it, not the grace period."""
+    server = start_server(tmp_path, pair=pair, args=["--workers=2"], wait=False)
+    try:
+        deadline = time.monotonic() + 20
+        while "Booting worker" not in server.stderr():
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.002)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5, "waited for the graceful timeout"
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()

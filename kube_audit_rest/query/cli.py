@@ -113,6 +113,17 @@ def _values(items: list[str]) -> list[str]:
 
 
 def criteria_from(args: argparse.Namespace) -> Criteria:
+    try:
+        return build_criteria(args)
+    except ValueError as error:
+        fail(f"query: {error}")
+
+
+def build_criteria(args: argparse.Namespace) -> Criteria:
+    """The Criteria for parsed filter flags; ValueError (one line) for a bad value.
+
+    The web UI builds its filters through this too, from a form's fields.
+    """
     criteria = Criteria(
         users=[Pattern(v) for v in args.user],
         groups=[Pattern(v) for v in args.group],
@@ -122,17 +133,16 @@ def criteria_from(args: argparse.Namespace) -> Criteria:
         dry_run=args.dry_run,
         texts=[t.encode() for t in [*args.text, *args.grep]],
     )
-    try:
-        criteria.resources = [ResourceSpec.parse(v) for v in args.resource]
-    except ValueError as error:
-        fail(f"query: {error}")
+    criteria.resources = [ResourceSpec.parse(v) for v in args.resource]
     for operation in _values(args.operation):
         if operation.upper() not in OPERATIONS:
-            fail(f"query: invalid --operation {operation!r} (choose from {', '.join(OPERATIONS)})")
+            raise ValueError(
+                f"invalid --operation {operation!r} (choose from {', '.join(OPERATIONS)})"
+            )
         criteria.operations.add(operation.upper())
     for verb in _values(args.verb):
         if verb.lower() not in VERBS:
-            fail(f"query: invalid --verb {verb!r} (choose from {', '.join(VERBS)})")
+            raise ValueError(f"invalid --verb {verb!r} (choose from {', '.join(VERBS)})")
         criteria.verbs.add(verb.lower())
     now = now_ns()
     for flag in ("since", "until"):
@@ -141,7 +151,9 @@ def criteria_from(args: argparse.Namespace) -> Criteria:
             continue
         bound = parse_bound(text, now)
         if bound is None:
-            fail(f"query: invalid --{flag} {text!r}: use an RFC 3339 time or a duration like 2h")
+            raise ValueError(
+                f"invalid --{flag} {text!r}: use an RFC 3339 time or a duration like 2h"
+            )
         setattr(criteria, f"{flag}_ns", bound)
     criteria.prepare()
     return criteria
