@@ -72,9 +72,22 @@ def _check_certificate(settings: Settings) -> None:
     from kube_audit_rest.tls import CertificateError, build_context
 
     try:
-        build_context(settings.cert_filename, settings.cert_key_filename)
+        build_context(
+            settings.cert_filename, settings.cert_key_filename, client_ca=settings.client_ca_file
+        )
     except CertificateError as error:
         fail(str(error))
+
+
+def _check_token_file(settings: Settings) -> None:
+    if settings.webhook_token_file is None:
+        return
+    from kube_audit_rest.auth import TokenFileError, read_token
+
+    try:
+        read_token(settings.webhook_token_file)
+    except TokenFileError as error:
+        fail(f"--webhook-token-file: {error}")
 
 
 def _check_log_file(settings: Settings) -> None:
@@ -134,6 +147,7 @@ def serve(argv: Sequence[str]) -> int:
     _check_certificate(settings)
     _check_log_file(settings)
     _check_privacy(settings)
+    _check_token_file(settings)
 
     runtime_dir = tempfile.mkdtemp(prefix="kube-audit-rest-")
     multiproc_dir = os.path.join(runtime_dir, "metrics")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -82,6 +83,26 @@ def _seconds(text: str) -> float:
 def _non_empty(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
+    return text
+
+
+# A cluster name (--cluster-name, /audit-webhook/<cluster>): DNS-label-like.
+CLUSTER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
+OUTPUT_FORMATS = ("admission-review", "audit-event")
+
+
+def _cluster_name(text: str) -> str:
+    if not CLUSTER_NAME.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a cluster name: 1 to 63 lowercase letters, digits, '-' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return text
+
+
+def _output_format(text: str) -> str:
+    if text not in OUTPUT_FORMATS:
+        raise ValueError(f"must be one of {', '.join(OUTPUT_FORMATS)}, got {text!r}")
     return text
 
 
@@ -305,7 +326,38 @@ OPTIONS: tuple[Option, ...] = (
         ("--config-reload-interval",),
         _seconds,
         10.0,
-        "Seconds between checks of the policy, redaction and HMAC key files for changes.",
+        "Seconds between checks of the policy, redaction, HMAC key and token files for changes.",
+    ),
+    Option(
+        "output_format",
+        ("--output-format",),
+        _output_format,
+        "admission-review",
+        "Lines for /log-request: admission-review (the request as received) or audit-event "
+        "(an audit.k8s.io/v1 Event).",
+    ),
+    Option(
+        "cluster_name",
+        ("--cluster-name",),
+        _cluster_name,
+        None,
+        "Add a top-level cluster member with this name to every record.",
+    ),
+    Option(
+        "webhook_token_file",
+        ("--webhook-token-file",),
+        _non_empty,
+        None,
+        "File holding the bearer token every webhook request must carry (or a client "
+        "certificate, with --client-ca-file); re-read when it changes.",
+    ),
+    Option(
+        "client_ca_file",
+        ("--client-ca-file",),
+        _non_empty,
+        None,
+        "PEM CA bundle: webhook requests with a client certificate it verifies are "
+        "authenticated (mTLS).",
     ),
 )
 
@@ -344,6 +396,10 @@ class Settings:
     no_redact_secrets: bool
     drop_dry_run: bool
     config_reload_interval: float
+    output_format: str
+    cluster_name: str | None
+    webhook_token_file: str | None
+    client_ca_file: str | None
 
     @property
     def max_file_bytes(self) -> int:

@@ -34,6 +34,7 @@ _log = structlog.get_logger("kube_audit_rest.http")
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -124,6 +125,8 @@ class Connection(asyncio.Protocol):
 
     def _reset_request(self) -> None:
         self._url = b""
+        self._path = b""
+        self._authorization: bytes | None = None
         self._content_type: bytes | None = None
         self._content_length: int | None = None
         self._body: list[bytes] = []
@@ -194,17 +197,24 @@ class Connection(asyncio.Protocol):
         elif lowered == b"content-length" and value.strip().isdigit():
             # llhttp itself refuses a malformed or conflicting length.
             self._content_length = int(value)
+        elif lowered == b"authorization":
+            self._authorization = value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        answer = self.webhook.route(parser.get_method(), self._url.split(b"?", 1)[0])
+        webhook = self.webhook
+        self._path = path = self._url.split(b"?", 1)[0]
+        answer = webhook.route(parser.get_method(), path)
+        if answer is None and webhook.auth is not None:
+            # Before the body: an unauthenticated client's body is read and dropped.
+            answer = webhook.authenticate(path, self._authorization, self.transport)
         if answer is not None:
             self._early_answer = answer
             return
         # A declared length over the limit is refused before the body is read.
         length = self._content_length
-        if length is not None and length > self.webhook.max_request_bytes:
-            self._answer_and_close(self.webhook.too_large())
+        if length is not None and length > webhook.max_request_bytes:
+            self._answer_and_close(webhook.too_large(path))
             raise httptools.HttpParserError("body too large")
 
     def on_body(self, body: bytes) -> None:
@@ -212,7 +222,7 @@ class Connection(asyncio.Protocol):
             return  # read and dropped, to find the next request
         self._body_size += len(body)
         if self._body_size > self.webhook.max_request_bytes:
-            self._answer_and_close(self.webhook.too_large())
+            self._answer_and_close(self.webhook.too_large(self._path))
             raise httptools.HttpParserError("body too large")
         self._body.append(body)
 
@@ -222,7 +232,7 @@ class Connection(asyncio.Protocol):
             if self._body_size >= LARGE_BODY_BYTES:
                 Connection.large_bodies += 1
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            answer = self.webhook.log_request(self._content_type, body)
+            answer = self.webhook.handle(self._path, self._content_type, body)
         keep_alive = self._parser.should_keep_alive() and not self._shutting_down
         self._reset_request()
         self._send(answer, keep_alive)

@@ -57,6 +57,9 @@ class Metrics:
     redacted_records: Counter
     received_bytes: Counter
     config_reload_failures: Counter
+    endpoint_responses: Counter
+    unauthenticated_requests: Counter
+    audit_events: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -140,10 +143,49 @@ class Metrics:
             ),
             config_reload_failures=Counter(
                 "kube_audit_rest_config_reload_failures",
-                "Changed policy, redaction or HMAC key files that could not be loaded",
+                "Changed policy, redaction, HMAC key or token files that could not be loaded",
+                registry=None,
+            ),
+            endpoint_responses=Counter(
+                "kube_audit_rest_endpoint_responses",
+                "Responses of the webhook port by endpoint and HTTP status code",
+                ["endpoint", "code"],
+                registry=None,
+            ),
+            unauthenticated_requests=Counter(
+                "kube_audit_rest_unauthenticated_requests",
+                "Webhook requests refused with 401 (no valid token or client certificate)",
+                ["endpoint"],
+                registry=None,
+            ),
+            audit_events=Counter(
+                "kube_audit_rest_audit_events",
+                "Native audit events written from POST /audit-webhook, by cluster",
+                ["cluster"],
                 registry=None,
             ),
         )
+
+
+# Distinct cluster label values one worker reports; later ones count as "other".
+MAX_CLUSTER_LABELS = 50
+OTHER_CLUSTER = "other"
+
+
+class ClusterLabels:
+    """A bounded set of cluster label values, so a client cannot grow the series without end."""
+
+    def __init__(self, limit: int = MAX_CLUSTER_LABELS) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def label(self, cluster: str) -> str:
+        if cluster in self._seen:
+            return cluster
+        if len(self._seen) >= self._limit:
+            return OTHER_CLUSTER
+        self._seen.add(cluster)
+        return cluster
 
 
 def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:

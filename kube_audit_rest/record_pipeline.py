@@ -22,19 +22,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from kube_audit_rest import privacy_config
+from kube_audit_rest import audit_event, privacy_config
 from kube_audit_rest.config import Settings
 from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.policy import Level, attributes
 from kube_audit_rest.privacy_config import ConfigStore, PrivacyConfig, Sources
 from kube_audit_rest.redaction import Encoder, Path, Redactor
-from kube_audit_rest.review import TIMESTAMP_KEY, format_timestamp, render_compact
+from kube_audit_rest.review import CLUSTER_KEY, TIMESTAMP_KEY, format_timestamp, render_compact
 
 # An integer beyond 64 bits, which orjson reads as a double.
 _LONG_INTEGER = re.compile(rb"[0-9]{20}")
@@ -66,12 +67,32 @@ class PipelineEvents:
     redacted: Callable[[], None] = lambda: None
 
 
+@dataclass(frozen=True, slots=True)
+class Output:
+    """How lines are shaped beyond the default byte-preserving AdmissionReview line."""
+
+    cluster: str | None = None  # --cluster-name: a top-level "cluster" member
+    audit_event: bool = False  # --output-format=audit-event
+
+
 class RecordPipeline:
     """One per worker: turns a valid review into its audit line, or drops it."""
 
-    def __init__(self, config: _Config, events: PipelineEvents | None = None) -> None:
+    def __init__(
+        self,
+        config: _Config,
+        events: PipelineEvents | None = None,
+        output: Output | None = None,
+    ) -> None:
         self._config = config
         self._events = events or PipelineEvents()
+        # None for the default line: the hot path checks this one attribute.
+        self._output = output if output and (output.cluster or output.audit_event) else None
+
+    @property
+    def config(self) -> PrivacyConfig:
+        """The privacy configuration in force (for the native audit webhook)."""
+        return self._config.current
 
     def reload_soon(self) -> None:
         """Re-read the configuration files now (SIGHUP); safe in a signal handler."""
@@ -98,13 +119,21 @@ class RecordPipeline:
                 return None
             level, omit_managed_fields = decision.level, decision.omit_managed_fields
         paths = config.redactor.paths_for(request)
+        output = self._output
         if paths is None and not _trims(request, level, omit_managed_fields):
-            return render_compact(body, TIMESTAMP_KEY in document, received_ns)
+            if output is None:
+                return render_compact(body, TIMESTAMP_KEY in document, received_ns)
+            if (
+                not output.audit_event
+                and TIMESTAMP_KEY not in document
+                and CLUSTER_KEY not in document
+            ):
+                return render_compact(body, False, received_ns, output.cluster)
 
         redactor = config.redactor
         if type(document) is dict:  # read by orjson
             line, redacted = _rewrite(
-                document, level, omit_managed_fields, redactor, paths, received_ns
+                document, level, omit_managed_fields, redactor, paths, received_ns, output
             )
             # orjson writes a double of 1e16 or more with "e+"; one it read from
             # a 20-digit integer lost digits: redo that record the exact way.
@@ -112,7 +141,7 @@ class RecordPipeline:
                 exact = _exact_loads(body)
                 if exact is not None:
                     line, redacted = _rewrite(
-                        exact, level, omit_managed_fields, redactor, paths, received_ns
+                        exact, level, omit_managed_fields, redactor, paths, received_ns, output
                     )
         else:  # orjson refused the body and the stdlib read it (review.StdlibDocument)
             exact = _exact_loads(body)
@@ -123,6 +152,7 @@ class RecordPipeline:
                 redactor,
                 paths,
                 received_ns,
+                output,
             )
         if redacted:
             events.redacted()
@@ -136,6 +166,7 @@ def _rewrite(
     redactor: Redactor,
     paths: tuple[Path, ...] | None,
     received_ns: int,
+    output: Output | None = None,
 ) -> tuple[bytes, int]:
     """The re-encoded line of a changed record, and how many values were redacted."""
     encode: Encoder = orjson.dumps if type(document) is dict else exact_dumps
@@ -145,8 +176,16 @@ def _rewrite(
     if paths is not None:
         for key in ("object", "oldObject"):
             redacted += redactor.redact_object(request.get(key), paths, encode)
-    document.pop(TIMESTAMP_KEY, None)
-    document[TIMESTAMP_KEY] = format_timestamp(received_ns)
+    if output is not None and output.audit_event:
+        document = audit_event.from_admission(document, level, received_ns, time.time_ns())
+        if output.cluster:
+            document[CLUSTER_KEY] = output.cluster
+    else:
+        document.pop(TIMESTAMP_KEY, None)
+        if output is not None and output.cluster:
+            document.pop(CLUSTER_KEY, None)
+            document[CLUSTER_KEY] = output.cluster
+        document[TIMESTAMP_KEY] = format_timestamp(received_ns)
     try:
         return encode(document) + b"\n", redacted
     except orjson.JSONEncodeError:  # orjson stops at 255 levels of nesting
@@ -175,7 +214,8 @@ def worker_pipeline(
         dropped=lambda reason, rule: metrics.dropped_records.labels(reason, rule).inc(),
         redacted=metrics.redacted_records.inc,
     )
-    return RecordPipeline(store, events)
+    output = Output(settings.cluster_name, settings.output_format == "audit-event")
+    return RecordPipeline(store, events, output)
 
 
 def _has_managed_fields(obj: Any) -> bool:
@@ -239,6 +279,11 @@ def _exact_loads(body: bytes) -> Any:
     except RecursionError:
         return None
     return ExactDocument(document) if isinstance(document, dict) else None
+
+
+def exact_loads(body: bytes) -> Any:
+    """The JSON object in *body* with numbers kept as spelled (None: too deep, or not an object)."""
+    return _exact_loads(body)
 
 
 def _string(text: str) -> str:

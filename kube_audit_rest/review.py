@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 
 TIMESTAMP_KEY = "requestReceivedTimestamp"
+# --cluster-name: a top-level member just before the timestamp.
+CLUSTER_KEY = "cluster"
 DEFAULT_API_VERSION = "admission.k8s.io/v1"
 
 # A JSON string token: a quote, then any run of non-quote/non-backslash bytes or
@@ -85,6 +87,11 @@ def _parse_json(body: bytes) -> Any:
             raise InvalidReview("JSON nesting is too deep") from None
         except ValueError:
             raise InvalidReview(f"body is not valid JSON: {fast_error}") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON body parsed strictly (RFC 8259); InvalidReview says why not."""
+    return _parse_json(body)
 
 
 def parse_review(body: bytes) -> Review:
@@ -200,19 +207,31 @@ def _replace_top_level_values(compacted: bytes, key: str, value: bytes) -> bytes
     return b"".join(out)
 
 
-def render_record(body: bytes, review: Review, epoch_ns: int) -> bytes:
-    """The audit line for a validated body: compact JSON, timestamp last, newline."""
-    return render_compact(body, review.has_timestamp_key, epoch_ns)
+def render_record(body: bytes, review: Review, epoch_ns: int, cluster: str | None = None) -> bytes:
+    """The audit line for a validated body: compact JSON, timestamp last, newline.
+
+    With *cluster*, a ``"cluster"`` member goes just before the timestamp; the
+    caller makes sure the body has neither member already (the record
+    pipeline re-encodes such bodies instead).
+    """
+    return render_compact(body, review.has_timestamp_key, epoch_ns, cluster)
 
 
-def render_compact(body: bytes, has_timestamp_key: bool, epoch_ns: int) -> bytes:
+def render_compact(
+    body: bytes, has_timestamp_key: bool, epoch_ns: int, cluster: str | None = None
+) -> bytes:
     """``render_record`` for callers that hold the parsed document rather than a Review."""
     compacted = compact(body)
     stamp = b'"' + format_timestamp(epoch_ns).encode("ascii") + b'"'
     if has_timestamp_key:
         return _replace_top_level_values(compacted, TIMESTAMP_KEY, stamp) + b"\n"
     separator = b"," if len(compacted) > 2 else b""
-    return compacted[:-1] + separator + b'"' + TIMESTAMP_KEY.encode() + b'":' + stamp + b"}\n"
+    middle = b""
+    if cluster:
+        middle = b'"' + CLUSTER_KEY.encode() + b'":' + orjson.dumps(cluster) + b","
+    return (
+        compacted[:-1] + separator + middle + b'"' + TIMESTAMP_KEY.encode() + b'":' + stamp + b"}\n"
+    )
 
 
 def build_response(review: Review) -> bytes:

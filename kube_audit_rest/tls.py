@@ -67,8 +67,15 @@ def build_context(
     cert_path: str,
     key_path: str,
     names: tuple[str, str] | None = None,
+    client_ca: str | None = None,
 ) -> ssl.SSLContext:
-    """Load and check a certificate/key pair; raise CertificateError with a reason."""
+    """Load and check a certificate/key pair; raise CertificateError with a reason.
+
+    With *client_ca* (``--client-ca-file``) the server asks for a client
+    certificate (``CERT_OPTIONAL``: clients without one still connect, and
+    ``auth`` decides what they may do); one that does not verify against
+    that CA fails the handshake.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -87,6 +94,13 @@ def build_context(
             reason = "the key does not match the certificate"
         shown_cert, shown_key = names or (cert_path, key_path)
         raise CertificateError(f"cannot use {shown_cert} with {shown_key}: {reason}") from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as error:
+            problem = getattr(error, "reason", None) or error.strerror or str(error)
+            raise CertificateError(f"cannot use client CA {client_ca}: {problem}") from None
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -112,7 +126,9 @@ class CertificateStore:
         key_path: str,
         events: TlsEvents,
         state_dir: str,
+        client_ca: str | None = None,
     ) -> None:
+        self._client_ca = client_ca
         self._cert_path = cert_path
         self._key_path = key_path
         self._events = events
@@ -127,7 +143,9 @@ class CertificateStore:
                 raise CertificateError(str(error)) from None
             self._signature = self._rejected = _signature_or_empty(cert_path, key_path)
             self._report_failure(str(error), "serving the last good pair")
-            self.context = build_context(self._last_good, self._last_good)
+            self.context = build_context(
+                self._last_good, self._last_good, client_ca=self._client_ca
+            )
             expiry = certificate_expiry(self._last_good)
         events.certificate_loaded(expiry)
 
@@ -145,7 +163,9 @@ class CertificateStore:
         fd = os.open(snapshot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(pems[0] + b"\n" + pems[1])
-        context = build_context(snapshot, snapshot, names=(self._cert_path, self._key_path))
+        context = build_context(
+            snapshot, snapshot, names=(self._cert_path, self._key_path), client_ca=self._client_ca
+        )
         try:
             expiry = not_after(pems[1])
         except CertificateDateError as error:

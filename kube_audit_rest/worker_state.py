@@ -7,6 +7,7 @@ in each process it forks, and counts in each one's memory).
 
 from __future__ import annotations
 
+from kube_audit_rest.auth import Authenticator, TokenFile
 from kube_audit_rest.config import Settings
 from kube_audit_rest.metrics import CounterBatch, Metrics
 from kube_audit_rest.record_pipeline import worker_pipeline
@@ -32,12 +33,26 @@ class WorkerState:
             reload_failed=self.metrics.certificate_reload_failures.inc,
         )
         self.certificates = CertificateStore(
-            settings.cert_filename, settings.cert_key_filename, events, runtime_dir
+            settings.cert_filename,
+            settings.cert_key_filename,
+            events,
+            runtime_dir,
+            client_ca=settings.client_ca_file,
         )
         self.certificates.watch(settings.cert_reload_interval)
         # Per-request counters, flushed once per event-loop iteration (worker_loop).
         self.counters = CounterBatch()
         self.records = worker_pipeline(settings, self.metrics, self.counters)
+        self.auth: Authenticator | None = None
+        if settings.webhook_token_file or settings.client_ca_file:
+            token = None
+            if settings.webhook_token_file:
+                token = TokenFile(
+                    settings.webhook_token_file,
+                    settings.config_reload_interval,
+                    self.metrics.config_reload_failures.inc,
+                )
+            self.auth = Authenticator(token, bool(settings.client_ca_file))
         self.sink: Sink
         if settings.audit_to_std_log:
             self.sink = StdoutSink(lock_path)
@@ -58,6 +73,8 @@ class WorkerState:
                 self.metrics,
                 settings.max_request_bytes,
                 records=self.records,
+                auth=self.auth,
+                cluster=settings.cluster_name,
                 counters=self.counters,
             ),
             certificates=self.certificates,
