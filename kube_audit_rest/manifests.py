@@ -37,9 +37,10 @@ OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 FAILURE_POLICIES = ("Ignore", "Fail")
 
 # Measured by bench/run.py (README "Performance"): master + 2 workers + the
-# metrics process hold 168-184 MB resident under load, 1 MiB bodies included.
+# metrics process hold 128-140 MB resident under load, 1 MiB bodies included.
 # The request covers that with headroom; the limit leaves room for the memory
-# backed /tmp volume and bursts of large bodies (threads x max-request-bytes).
+# backed /tmp volume and bursts of large bodies (README "Reliability": 32
+# concurrent 16 MiB bodies).
 WORKERS = 2
 RESOURCES = {
     "requests": {"cpu": "500m", "memory": "256Mi"},
